@@ -1,0 +1,1 @@
+"""The message outbox, plans, transports and escalations arrive with the reminders issue."""

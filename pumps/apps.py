@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class PumpsConfig(AppConfig):
+    name = "pumps"
+    default_auto_field = "django.db.models.BigAutoField"
