@@ -368,7 +368,9 @@ def initial_doses_expected(screening_dose_mcg: Decimal, effect_hours: Decimal | 
     Twice the effective screening dose; the same dose if its effect lasted over 8 hours.
     Both are accepted without warning; anything else must be acknowledged.
     """
-    preferred = screening_dose_mcg if effect_hours is not None and effect_hours > SCREENING_LONG_EFFECT_HOURS else 2 * screening_dose_mcg
+    preferred = (
+        screening_dose_mcg if effect_hours is not None and effect_hours > SCREENING_LONG_EFFECT_HOURS else 2 * screening_dose_mcg
+    )
     return tuple(dict.fromkeys([preferred, screening_dose_mcg, 2 * screening_dose_mcg]))
 
 
@@ -440,7 +442,9 @@ def dose_change_warnings(
                     )
                 )
 
-    problem = concentration_problem(concentration_mcg_per_ml, policy.marketed_concentrations_mcg_per_ml, context.concentration_range_mcg_per_ml)
+    problem = concentration_problem(
+        concentration_mcg_per_ml, policy.marketed_concentrations_mcg_per_ml, context.concentration_range_mcg_per_ml
+    )
     if problem:
         warnings.append(Warning(Rule.CONCENTRATION_UNUSUAL, problem))
     return warnings
@@ -475,9 +479,7 @@ def _pct(value: Decimal) -> str:
 # ----------------------------------------------------------------------------- screening
 
 
-def screening_problems(
-    *, dose_mcg: Decimal, given_at: datetime, previous_given_at: Sequence[datetime]
-) -> dict[str, str]:
+def screening_problems(*, dose_mcg: Decimal, given_at: datetime, previous_given_at: Sequence[datetime]) -> dict[str, str]:
     """Hard rules of a screening trial, by field (clinical.md §3 #40, R1).
 
     Only 25/50/75/100 mcg; at most three doses; each at least 24 h after any other.

@@ -50,7 +50,9 @@ class PumpModel(models.Model):
                 condition=Q(default_low_reservoir_alarm_ml__lt=models.F("reservoir_ml")), name="pumpmodel_alarm_below_capacity"
             ),
             models.CheckConstraint(
-                condition=Q(min_concentration_mcg_per_ml__gt=0, max_concentration_mcg_per_ml__gte=models.F("min_concentration_mcg_per_ml")),
+                condition=Q(
+                    min_concentration_mcg_per_ml__gt=0, max_concentration_mcg_per_ml__gte=models.F("min_concentration_mcg_per_ml")
+                ),
                 name="pumpmodel_concentration_range",
             ),
         ]
@@ -166,9 +168,7 @@ class ScreeningTrial(models.Model):
 
     patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="screening_trials")
     given_at = models.DateTimeField()
-    dose_mcg = models.PositiveSmallIntegerField(
-        "dose (mcg)", choices=[(int(d), f"{d} mcg") for d in domain.SCREENING_DOSES_MCG]
-    )
+    dose_mcg = models.PositiveSmallIntegerField("dose (mcg)", choices=[(int(d), f"{d} mcg") for d in domain.SCREENING_DOSES_MCG])
     route = models.CharField(max_length=20, choices=ScreeningRoute.choices, default=ScreeningRoute.LUMBAR_PUNCTURE)
     outcome = models.CharField(max_length=20, choices=ScreeningOutcome.choices, default=ScreeningOutcome.PENDING)
     effect_duration_hours = models.DecimalField(
@@ -311,7 +311,11 @@ class ClinicalEvent(models.Model):
     kind = models.CharField(max_length=30, choices=EventKind.choices)
     occurred_at = models.DateTimeField(help_text="For a planned MRI: when the scan is scheduled.")
     field_strength_tesla = models.DecimalField(
-        "MRI field strength (T)", max_digits=3, decimal_places=1, null=True, blank=True,
+        "MRI field strength (T)",
+        max_digits=3,
+        decimal_places=1,
+        null=True,
+        blank=True,
         validators=[MinValueValidator(Decimal("0.1")), MaxValueValidator(Decimal("12"))],
     )
     notes = models.TextField(blank=True)

@@ -222,9 +222,7 @@ def parse_flex_steps(raw: Any) -> list[domain.FlexStep]:
             starts = time.fromisoformat(str(item["starts"]))
             rate = Decimal(str(item["mcg_per_hour"]))
         except (KeyError, TypeError, ValueError, InvalidOperation):
-            raise ValidationError(
-                {"flex_steps": [f'Step {i}: give "starts" as HH:MM and "mcg_per_hour" as a number.']}
-            ) from None
+            raise ValidationError({"flex_steps": [f'Step {i}: give "starts" as HH:MM and "mcg_per_hour" as a number.']}) from None
         if not rate.is_finite() or rate < 0:
             raise ValidationError({"flex_steps": [f"Step {i}: the rate must not be negative."]})
         steps.append(domain.FlexStep(starts.replace(second=0, microsecond=0), rate))
@@ -274,7 +272,11 @@ def _effective_screening(patient: Patient) -> ScreeningTrial | None:
 
 
 def _last_increase_at(programs: Sequence[Program]) -> datetime | None:
-    increases = [p.effective_at for p in programs if p.previous_dose_mcg_per_day is not None and p.dose_mcg_per_day > p.previous_dose_mcg_per_day]
+    increases = [
+        p.effective_at
+        for p in programs
+        if p.previous_dose_mcg_per_day is not None and p.dose_mcg_per_day > p.previous_dose_mcg_per_day
+    ]
     return increases[-1] if increases else None
 
 
@@ -326,7 +328,9 @@ def preview_program(pump: Pump, inp: ProgramInput, now: datetime) -> ProgramPrev
         context=context,
         policy=dose_policy(),
     )
-    proposed = Program(pump=pump, effective_at=inp.effective_at, dose_mcg_per_day=dose, concentration_mcg_per_ml=inp.concentration_mcg_per_ml)
+    proposed = Program(
+        pump=pump, effective_at=inp.effective_at, dose_mcg_per_day=dose, concentration_mcg_per_ml=inp.concentration_mcg_per_ml
+    )
     after = _schedule(pump, fill, [*programs, proposed])
     previous = context.previous_dose_mcg_per_day
     return ProgramPreview(
@@ -448,7 +452,9 @@ def preview_refill(pump: Pump, inp: RefillInput, now: datetime) -> RefillPreview
     warnings = [domain.Warning(domain.Rule.CONCENTRATION_UNUSUAL, problem)] if problem else []
 
     new_fill = Refill(
-        performed_at=inp.performed_at, volume_after_fill_ml=inp.volume_added_ml, low_reservoir_alarm_ml=pump.low_reservoir_alarm_ml
+        performed_at=inp.performed_at,
+        volume_after_fill_ml=inp.volume_added_ml,
+        low_reservoir_alarm_ml=pump.low_reservoir_alarm_ml,
     )
     program_after = Program(
         effective_at=current_program.effective_at,
@@ -538,6 +544,36 @@ def is_eligible(patient: Patient) -> bool:
     )
 
 
+def validate_implant(
+    *,
+    patient: Patient,
+    model: PumpModel,
+    serial_number: str,
+    implanted_at: datetime,
+    now: datetime,
+    low_reservoir_alarm_ml: Decimal | None = None,
+    **details: Any,
+) -> Decimal:
+    """Raise the implant's field errors; return the alarm volume it will use."""
+    errors = _Errors()
+    if implanted_at > now:
+        errors.add("implanted_at", "Cannot be in the future.")
+    if not is_eligible(patient):
+        errors.add("patient", "No positive screening trial is on record: the patient is not eligible for an implant.")
+    if patient.pumps.filter(status=PumpStatus.ACTIVE).exists():
+        errors.add("patient", "The patient already has an active pump: record its explant or replacement first.")
+    alarm_ml = model.default_low_reservoir_alarm_ml if low_reservoir_alarm_ml is None else low_reservoir_alarm_ml
+    if not Decimal(0) <= alarm_ml < model.reservoir_ml:
+        errors.add(
+            "low_reservoir_alarm_ml",
+            f"Must be between 0 and the reservoir capacity ({domain.quantity_text(model.reservoir_ml)} mL).",
+        )
+    if Pump.objects.filter(model=model, serial_number=serial_number).exists():
+        errors.add("serial_number", "A pump of this model with this serial number is already recorded.")
+    errors.raise_if_any()
+    return alarm_ml
+
+
 def implant_pump(
     *,
     patient: Patient,
@@ -548,20 +584,16 @@ def implant_pump(
     low_reservoir_alarm_ml: Decimal | None = None,
     **details: Any,
 ) -> Pump:
-    errors = _Errors()
-    if implanted_at > now:
-        errors.add("implanted_at", "Cannot be in the future.")
-    if not is_eligible(patient):
-        errors.add("patient", "No positive screening trial is on record: the patient is not eligible for an implant.")
-    if patient.pumps.filter(status=PumpStatus.ACTIVE).exists():
-        errors.add("patient", "The patient already has an active pump: record its explant or replacement first.")
-    alarm_ml = model.default_low_reservoir_alarm_ml if low_reservoir_alarm_ml is None else low_reservoir_alarm_ml
-    if not Decimal(0) <= alarm_ml < model.reservoir_ml:
-        errors.add("low_reservoir_alarm_ml", f"Must be between 0 and the reservoir capacity ({domain.quantity_text(model.reservoir_ml)} mL).")
-    if Pump.objects.filter(model=model, serial_number=serial_number).exists():
-        errors.add("serial_number", "A pump of this model with this serial number is already recorded.")
-    errors.raise_if_any()
     with transaction.atomic():
+        Patient.objects.select_for_update().filter(pk=patient.pk).first()  # one implant at a time
+        alarm_ml = validate_implant(
+            patient=patient,
+            model=model,
+            serial_number=serial_number,
+            implanted_at=implanted_at,
+            now=now,
+            low_reservoir_alarm_ml=low_reservoir_alarm_ml,
+        )
         return Pump.objects.create(
             patient=patient,
             model=model,
@@ -612,7 +644,9 @@ def set_low_reservoir_alarm(pump: Pump, alarm_ml: Decimal) -> Pump:
     """The alarm volume applies from the next fill; the current one keeps the volume it was
     filled with, as the pump's own programmer does."""
     if not Decimal(0) <= alarm_ml < pump.model.reservoir_ml:
-        raise ValidationError({"low_reservoir_alarm_ml": [f"Must be between 0 and {domain.quantity_text(pump.model.reservoir_ml)} mL."]})
+        raise ValidationError(
+            {"low_reservoir_alarm_ml": [f"Must be between 0 and {domain.quantity_text(pump.model.reservoir_ml)} mL."]}
+        )
     pump.low_reservoir_alarm_ml = alarm_ml
     pump.save(update_fields=["low_reservoir_alarm_ml"])
     return pump
@@ -621,23 +655,23 @@ def set_low_reservoir_alarm(pump: Pump, alarm_ml: Decimal) -> Pump:
 # ----------------------------------------------------------------------------- screening and events
 
 
-def record_screening(
-    *, patient: Patient, given_at: datetime, dose_mcg: int, now: datetime, **details: Any
-) -> ScreeningTrial:
+def validate_screening(*, patient: Patient, given_at: datetime, dose_mcg: int, now: datetime) -> None:
+    previous = [t.given_at for t in patient.screening_trials.all()]
+    problems = domain.screening_problems(dose_mcg=Decimal(dose_mcg), given_at=given_at, previous_given_at=previous)
+    if given_at > now:
+        problems.setdefault("given_at", "Cannot be in the future.")
+    if problems:
+        raise ValidationError({k: [v] for k, v in problems.items()})
+
+
+def record_screening(*, patient: Patient, given_at: datetime, dose_mcg: int, now: datetime, **details: Any) -> ScreeningTrial:
     with transaction.atomic():
-        Patient.objects.select_for_update().filter(pk=patient.pk).first()
-        previous = [t.given_at for t in patient.screening_trials.all()]
-        problems = domain.screening_problems(dose_mcg=Decimal(dose_mcg), given_at=given_at, previous_given_at=previous)
-        if given_at > now:
-            problems.setdefault("given_at", "Cannot be in the future.")
-        if problems:
-            raise ValidationError({k: [v] for k, v in problems.items()})
+        Patient.objects.select_for_update().filter(pk=patient.pk).first()  # serialise doses per patient
+        validate_screening(patient=patient, given_at=given_at, dose_mcg=dose_mcg, now=now)
         return ScreeningTrial.objects.create(patient=patient, given_at=given_at, dose_mcg=dose_mcg, **details)
 
 
-def record_event(
-    *, pump: Pump, kind: str, occurred_at: datetime, now: datetime, by: Any = None, **details: Any
-) -> ClinicalEvent:
+def validate_event(*, pump: Pump, kind: str, occurred_at: datetime, now: datetime, **details: Any) -> None:
     errors = _Errors()
     if kind not in EventKind.values:
         errors.add("kind", f"Unknown event kind {kind!r}.")
@@ -651,5 +685,9 @@ def record_event(
     if kind in (EventKind.MRI_PLANNED, EventKind.MRI_DONE) and strength is not None and limit is not None and strength > limit:
         errors.add("field_strength_tesla", f"Above this pump model's MRI limit of {domain.quantity_text(limit)} T.")
     errors.raise_if_any()
+
+
+def record_event(*, pump: Pump, kind: str, occurred_at: datetime, now: datetime, by: Any = None, **details: Any) -> ClinicalEvent:
+    validate_event(pump=pump, kind=kind, occurred_at=occurred_at, now=now, **details)
     with transaction.atomic():
         return ClinicalEvent.objects.create(pump=pump, kind=kind, occurred_at=occurred_at, recorded_by=by, **details)

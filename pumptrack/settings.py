@@ -48,6 +48,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "patients.middleware.ClinicTimezoneMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -151,9 +152,7 @@ PUMPTRACK_MARKETED_CONCENTRATIONS_MCG_PER_ML = env_decimal_list(
     "PUMPTRACK_MARKETED_CONCENTRATIONS_MCG_PER_ML", "50,500,1000,2000"
 )
 # Dose above which a change needs an acknowledgement: soft warning, never a block (§10 C4, R4).
-PUMPTRACK_DOSE_WARNING_MCG_PER_DAY = env_decimal(
-    "PUMPTRACK_DOSE_WARNING_MCG_PER_DAY", "1000", minimum=Decimal("1")
-)
+PUMPTRACK_DOSE_WARNING_MCG_PER_DAY = env_decimal("PUMPTRACK_DOSE_WARNING_MCG_PER_DAY", "1000", minimum=Decimal("1"))
 # Maintenance increase limits come from secondary copies of the label (§4 #50, §10 C3).
 PUMPTRACK_MAINTENANCE_INCREASE_LIMIT_SPINAL_PCT = env_decimal(
     "PUMPTRACK_MAINTENANCE_INCREASE_LIMIT_SPINAL_PCT", "40", minimum=Decimal("0")

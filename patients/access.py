@@ -1,0 +1,65 @@
+"""Who may see and change what: clinic scoping and the role matrix.
+
+Staff see only the clinics they belong to (superusers see all). Writes are allowed by role;
+the complete matrix for the API, FHIR and feeds arrives with the hardening issue.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+
+from patients.models import Clinic, Membership, Role
+
+# Which roles may add or change records of each model (clinicians program doses; nurses
+# record refills and events; coordinators manage contacts; viewers read).
+WRITE_ROLES: dict[str, frozenset[str]] = {
+    "patients.clinic": frozenset({Role.CLINICIAN}),
+    "patients.patient": frozenset({Role.CLINICIAN, Role.NURSE, Role.COORDINATOR}),
+    "patients.caregiver": frozenset({Role.CLINICIAN, Role.NURSE, Role.COORDINATOR}),
+    "pumps.pump": frozenset({Role.CLINICIAN, Role.NURSE}),
+    "pumps.catheter": frozenset({Role.CLINICIAN, Role.NURSE}),
+    "pumps.screeningtrial": frozenset({Role.CLINICIAN, Role.NURSE}),
+    "pumps.program": frozenset({Role.CLINICIAN}),
+    "pumps.refill": frozenset({Role.CLINICIAN, Role.NURSE}),
+    "pumps.clinicalevent": frozenset({Role.CLINICIAN, Role.NURSE}),
+}
+# Recording the stable dose moves a pump to maintenance: a prescribing decision.
+PHASE_ROLES = frozenset({Role.CLINICIAN})
+
+
+def clinics_for(user: Any) -> QuerySet[Clinic]:
+    if not user.is_authenticated or not user.is_active:
+        return Clinic.objects.none()
+    if user.is_superuser:
+        return Clinic.objects.all()
+    return Clinic.objects.filter(memberships__user=user)
+
+
+def roles_for(user: Any) -> set[str]:
+    if not user.is_authenticated or not user.is_active:
+        return set()
+    return set(Membership.objects.filter(user=user).values_list("role", flat=True))
+
+
+def is_member(user: Any) -> bool:
+    return bool(user.is_active and user.is_staff and (user.is_superuser or roles_for(user)))
+
+
+def may_write(user: Any, label: str, clinic: Clinic | None = None) -> bool:
+    """Whether `user` may add or change `label` records (in `clinic`, when given)."""
+    if not user.is_active or not user.is_staff:
+        return False
+    if user.is_superuser:
+        return True
+    memberships = Membership.objects.filter(user=user, role__in=WRITE_ROLES.get(label, frozenset()))
+    if clinic is not None:
+        memberships = memberships.filter(clinic=clinic)
+    return memberships.exists()
+
+
+def may_set_phase(user: Any, clinic: Clinic) -> bool:
+    if user.is_superuser:
+        return True
+    return Membership.objects.filter(user=user, clinic=clinic, role__in=PHASE_ROLES).exists()

@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+
+from patients.models import ORIGIN_BY_DIAGNOSIS, Caregiver, Clinic, Membership, Patient
+from patients.scoped_admin import ClinicScopedAdmin, ScopedInline
+from pumps import services as pump_services
+
+admin.site.site_header = "pumptrack"
+admin.site.site_title = "pumptrack"
+admin.site.index_title = "ITB pump programme"
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return True
+
+    def _superuser(self, request: HttpRequest, obj: Any = None) -> bool:
+        return bool(request.user.is_superuser)
+
+    has_add_permission = has_change_permission = has_delete_permission = _superuser
+
+
+@admin.register(Clinic)
+class ClinicAdmin(ClinicScopedAdmin):
+    clinic_lookup = ""
+    list_display = ["name", "time_zone", "refill_margin_days", "titration_interval_days", "maintenance_interval_days"]
+    search_fields = ["name"]
+    inlines = [MembershipInline]
+    fieldsets = [
+        (None, {"fields": ["name", "time_zone", "phone", "email"]}),
+        (
+            "Refill policy",
+            {
+                "fields": ["refill_margin_days", "titration_interval_days", "maintenance_interval_days"],
+                "description": "Refill-by = earliest of (alarm date − margin), (last visit + phase interval) and "
+                "(fill + 180 days). Intervals may not exceed the 180-day drug-stability ceiling.",
+            },
+        ),
+    ]
+
+    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
+        return bool(request.user.is_superuser)
+
+    def save_model(self, request: HttpRequest, obj: Clinic, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if change and {"refill_margin_days", "titration_interval_days", "maintenance_interval_days", "time_zone"} & set(
+            form.changed_data
+        ):
+            count = pump_services.recompute_clinic(obj)
+            self.message_user(request, f"Refill-by dates recomputed for {count} active pump(s).")
+
+
+class CaregiverInline(ScopedInline):
+    model = Caregiver
+    label = "patients.caregiver"
+    fields = ["name", "relationship", "email", "phone", "language", "receives_safety_messages"]
+
+
+class RiskFilter(admin.SimpleListFilter):
+    title = "withdrawal risk"
+    parameter_name = "risk"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("high", "High risk (boxed warning)"), ("hearing", "Hearing impairment")]
+
+    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
+        from django.db.models import Q
+
+        if self.value() == "high":
+            return queryset.filter(Q(sci_t6_or_above=True) | Q(communication_difficulty=True) | Q(withdrawal_history=True))
+        if self.value() == "hearing":
+            return queryset.filter(hearing_impairment=True)
+        return queryset
+
+
+@admin.register(Patient)
+class PatientAdmin(ClinicScopedAdmin):
+    clinic_lookup = "clinic"
+    list_display = ["mrn", "family_name", "given_name", "diagnosis", "spasticity_origin", "risk", "clinic"]
+    list_display_links = ["mrn", "family_name"]
+    list_filter = ["clinic", "diagnosis", "spasticity_origin", RiskFilter, "language"]
+    search_fields = ["mrn", "family_name", "given_name", "pumps__serial_number"]
+    inlines = [CaregiverInline]
+    readonly_fields = ["eligibility", "pumps_summary", "screening_summary"]
+    fieldsets = [
+        (None, {"fields": ["clinic", "mrn", "given_name", "family_name", "birth_date"]}),
+        ("Diagnosis", {"fields": ["diagnosis", "spasticity_origin", "screened_elsewhere", "eligibility"]}),
+        (
+            "Risk (boxed warning)",
+            {"fields": ["sci_t6_or_above", "communication_difficulty", "withdrawal_history", "hearing_impairment"]},
+        ),
+        ("Contact", {"fields": ["email", "phone", "language", "time_zone", "contact_by_email", "contact_by_sms"]}),
+        ("Pumps and screening", {"fields": ["pumps_summary", "screening_summary"]}),
+    ]
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        return super().get_queryset(request).select_related("clinic")
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        initial = super().get_changeform_initial_data(request)
+        diagnosis = initial.get("diagnosis")
+        if diagnosis in ORIGIN_BY_DIAGNOSIS:
+            initial.setdefault("spasticity_origin", ORIGIN_BY_DIAGNOSIS[diagnosis])
+        return initial
+
+    @admin.display(boolean=True, description="high risk")
+    def risk(self, obj: Patient) -> bool:
+        return obj.high_risk
+
+    @admin.display(description="eligible for implant")
+    def eligibility(self, obj: Patient) -> str:
+        if obj.pk is None:
+            return "-"
+        return "Yes" if pump_services.is_eligible(obj) else "No: needs a positive screening trial"
+
+    @admin.display(description="pumps")
+    def pumps_summary(self, obj: Patient) -> str:
+        if obj.pk is None:
+            return "-"
+        rows = format_html_join(
+            "",
+            '<li><a href="{}">{}</a>: {}, {}{}</li>',
+            (
+                (
+                    reverse("admin:pumps_pump_change", args=[p.pk]),
+                    p,
+                    p.get_status_display(),
+                    p.get_phase_display(),
+                    f", refill by {p.refill_by:%Y-%m-%d}" if p.refill_by else "",
+                )
+                for p in obj.pumps.select_related("model").order_by("-implanted_at")
+            ),
+        )
+        add = reverse("admin:pumps_pump_add") + f"?patient={obj.pk}"
+        return format_html('<ul>{}</ul><a class="addlink" href="{}">Implant a pump</a>', rows, add)
+
+    @admin.display(description="screening trials")
+    def screening_summary(self, obj: Patient) -> str:
+        if obj.pk is None:
+            return "-"
+        rows = format_html_join("", "<li>{}</li>", ((str(t),) for t in obj.screening_trials.all()))
+        add = reverse("admin:pumps_screeningtrial_add") + f"?patient={obj.pk}"
+        return format_html('<ul>{}</ul><a class="addlink" href="{}">Record a screening dose</a>', rows, add)

@@ -1,0 +1,747 @@
+"""The clinic's admin for pumps. Thin: forms shape input, services decide and write.
+
+Recording a refill or a dose change is a two-step form: the first submit shows the computed
+result beside the current values; saving needs a second submit of the same input, and any
+warning the change trips must be ticked and given a reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from typing import Any, ClassVar
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db.models import OuterRef, QuerySet, Subquery
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.loader import render_to_string
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+from patients.access import may_set_phase, may_write
+from patients.scoped_admin import ClinicScopedAdmin, ScopedInline, apply_errors
+from pumps import domain, services
+from pumps.models import (
+    Catheter,
+    CatheterRevision,
+    ClinicalEvent,
+    Phase,
+    Program,
+    Pump,
+    PumpModel,
+    PumpStatus,
+    Refill,
+    ScreeningTrial,
+)
+
+CSS = {"all": ["pumps/admin.css"]}
+
+
+class StampedForm(forms.ModelForm):
+    """A form that knows the request (set by the admin) and reads the clock once."""
+
+    request: ClassVar[HttpRequest]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.now = timezone.now()
+
+
+class StampedFormAdmin(ClinicScopedAdmin):
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        return type(form.__name__, (form,), {"request": request})
+
+
+class ServiceAddAdmin(StampedFormAdmin):
+    """Adds go through a service (`form.record()`); saved records are read-only."""
+
+    def save_form(self, request: HttpRequest, form: Any, change: bool) -> Any:
+        if change:
+            return super().save_form(request, form, change)
+        return form.record()
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        if change:
+            super().save_related(request, form, formsets, change)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Append-only history: a saved refill or program is corrected by a new record.
+        return obj is None and super().has_change_permission(request, obj)
+
+
+# ----------------------------------------------------------------------------- preview forms
+
+
+class PreviewForm(StampedForm):
+    """Shows the computed result first; saves only when the same input is submitted again."""
+
+    acknowledged_warnings = forms.MultipleChoiceField(
+        choices=[(r.value, r.value) for r in domain.Rule],
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+        label="Acknowledge warnings",
+    )
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False, label="Reason for acknowledging")
+    preview_token = forms.CharField(widget=forms.HiddenInput, required=False)
+
+    preview: Any = None
+
+    def build_input(self) -> Any:
+        raise NotImplementedError
+
+    def compute_preview(self, pump: Pump, inp: Any) -> Any:
+        raise NotImplementedError
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        pump = cleaned.get("pump")
+        if pump is None or self.errors:
+            return cleaned
+        try:
+            inp = self.build_input()
+            self.preview = self.compute_preview(pump, inp)
+        except ValidationError as exc:
+            apply_errors(self, exc)
+            return cleaned
+        tripped = {w.code.value for w in self.preview.warnings}
+        missing = tripped - set(cleaned.get("acknowledged_warnings") or [])
+        if missing:
+            self.add_error("acknowledged_warnings", f"Tick to acknowledge: {', '.join(sorted(missing))}.")
+        elif tripped and not (cleaned.get("reason") or "").strip():
+            self.add_error("reason", "Give a reason for acknowledging the warnings.")
+        token = hashlib.sha256(f"{pump.pk}|{inp!r}".encode()).hexdigest()
+        if cleaned.get("preview_token") != token:
+            self.data = self.data.copy()
+            self.data["preview_token"] = token
+            self.add_error(None, "Check the computed result below, then press Save again to record it.")
+        return cleaned
+
+
+class RefillForm(PreviewForm):
+    class Meta:
+        model = Refill
+        fields = [
+            "pump",
+            "performed_at",
+            "withdrawn_ml",
+            "volume_added_ml",
+            "concentration_mcg_per_ml",
+            "drug_product",
+            "drug_lot",
+            "expires_on",
+            "method",
+            "notes",
+        ]
+
+    def build_input(self) -> services.RefillInput:
+        c = self.cleaned_data
+        return services.RefillInput(
+            performed_at=c["performed_at"],
+            withdrawn_ml=c["withdrawn_ml"],
+            volume_added_ml=c["volume_added_ml"],
+            concentration_mcg_per_ml=c["concentration_mcg_per_ml"],
+            drug_product=c["drug_product"],
+            drug_lot=c.get("drug_lot", ""),
+            expires_on=c.get("expires_on"),
+            method=c.get("method", ""),
+            notes=c.get("notes", ""),
+        )
+
+    def compute_preview(self, pump: Pump, inp: services.RefillInput) -> services.RefillPreview:
+        return services.preview_refill(pump, inp, self.now)
+
+    def record(self) -> Refill:
+        c = self.cleaned_data
+        return services.record_refill(
+            c["pump"],
+            self.build_input(),
+            by=self.request.user,
+            now=self.now,
+            acknowledged=c.get("acknowledged_warnings") or [],
+            reason=c.get("reason", ""),
+        )
+
+
+class ProgramForm(PreviewForm):
+    flex_steps = forms.JSONField(
+        required=False,
+        initial=list,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text='Flex mode only: [{"starts": "08:00", "mcg_per_hour": "10"}, {"starts": "20:00", "mcg_per_hour": "6"}]',
+    )
+
+    class Meta:
+        model = Program
+        fields = [
+            "pump",
+            "effective_at",
+            "mode",
+            "dose_mcg_per_day",
+            "concentration_mcg_per_ml",
+            "flex_steps",
+            "basal_mcg_per_day",
+            "bolus_mcg",
+            "boluses_per_day",
+        ]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["dose_mcg_per_day"].required = False
+
+    def build_input(self) -> services.ProgramInput:
+        c = self.cleaned_data
+        return services.ProgramInput(
+            effective_at=c["effective_at"],
+            concentration_mcg_per_ml=c["concentration_mcg_per_ml"],
+            mode=c["mode"],
+            dose_mcg_per_day=c.get("dose_mcg_per_day"),
+            flex_steps=c.get("flex_steps") or [],
+            basal_mcg_per_day=c.get("basal_mcg_per_day"),
+            bolus_mcg=c.get("bolus_mcg"),
+            boluses_per_day=c.get("boluses_per_day"),
+        )
+
+    def compute_preview(self, pump: Pump, inp: services.ProgramInput) -> services.ProgramPreview:
+        return services.preview_program(pump, inp, self.now)
+
+    def record(self) -> Program:
+        c = self.cleaned_data
+        return services.change_program(
+            c["pump"],
+            self.build_input(),
+            by=self.request.user,
+            now=self.now,
+            acknowledged=c.get("acknowledged_warnings") or [],
+            reason=c.get("reason", ""),
+        )
+
+
+class PreviewAdmin(ServiceAddAdmin):
+    preview_template = ""
+    change_form_template = "admin/pumps/preview_change_form.html"
+
+    def render_change_form(self, request: HttpRequest, context: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        form = context["adminform"].form
+        if getattr(form, "preview", None) is not None:
+            context["preview_html"] = render_to_string(self.preview_template, {"p": form.preview, "form": form})
+        context["clinic_time_zone"] = timezone.get_current_timezone_name()
+        return super().render_change_form(request, context, *args, **kwargs)
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        initial = super().get_changeform_initial_data(request)
+        initial.setdefault(self.moment_field, timezone.localtime().replace(second=0, microsecond=0))
+        pump_id = request.GET.get("pump")
+        pump = Pump.objects.filter(pk=pump_id).first() if pump_id and pump_id.isdigit() else None
+        program = pump.programs.order_by("-effective_at").first() if pump else None
+        if program is not None:
+            initial.setdefault("concentration_mcg_per_ml", program.concentration_mcg_per_ml)
+            self.more_initial(initial, program)
+        return initial
+
+    moment_field = ""
+
+    def more_initial(self, initial: dict[str, Any], program: Program) -> None:
+        pass
+
+
+def _flag(flagged: bool) -> SafeString:
+    return format_html('<span class="pt-flag">⚑ flagged</span>') if flagged else format_html("")
+
+
+@admin.register(Refill)
+class RefillAdmin(PreviewAdmin):
+    form = RefillForm
+    clinic_lookup = "pump__patient__clinic"
+    preview_template = "admin/pumps/refill/_preview.html"
+    moment_field = "performed_at"
+    list_display = [
+        "performed_at",
+        "pump",
+        "patient",
+        "withdrawn_ml",
+        "expected_residual_ml",
+        "discrepancy",
+        "volume_after_fill_ml",
+        "alarm_on",
+        "refill_by",
+    ]
+    list_filter = ["discrepancy_flagged", ("performed_at", admin.DateFieldListFilter), "pump__model", "pump__patient__clinic"]
+    search_fields = ["pump__serial_number", "pump__patient__mrn", "pump__patient__family_name", "drug_lot"]
+    date_hierarchy = "performed_at"
+    list_select_related = ["pump__model", "pump__patient"]
+    readonly_fields = [
+        "is_initial_fill",
+        "expected_residual_ml",
+        "discrepancy_ml",
+        "discrepancy_band_ml",
+        "discrepancy_flagged",
+        "volume_after_fill_ml",
+        "low_reservoir_alarm_ml",
+        "alarm_on",
+        "refill_by",
+        "acknowledged_warnings",
+        "performed_by",
+    ]
+
+    class Media:
+        css = CSS
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is None:
+            return [*RefillForm.Meta.fields, "acknowledged_warnings", "reason", "preview_token"]
+        return [*RefillForm.Meta.fields, *self.readonly_fields]
+
+    def more_initial(self, initial: dict[str, Any], program: Program) -> None:
+        initial.setdefault("volume_added_ml", program.pump.model.reservoir_ml)
+
+    @admin.display(description="patient")
+    def patient(self, obj: Refill) -> str:
+        return str(obj.pump.patient)
+
+    @admin.display(description="discrepancy (mL)", ordering="discrepancy_ml")
+    def discrepancy(self, obj: Refill) -> SafeString:
+        if obj.discrepancy_ml is None:
+            return format_html("{}", "initial fill" if obj.is_initial_fill else "-")
+        return format_html("{} {}", f"{obj.discrepancy_ml:+}", _flag(obj.discrepancy_flagged))
+
+
+@admin.register(Program)
+class ProgramAdmin(PreviewAdmin):
+    form = ProgramForm
+    clinic_lookup = "pump__patient__clinic"
+    preview_template = "admin/pumps/program/_preview.html"
+    moment_field = "effective_at"
+    list_display = [
+        "effective_at",
+        "pump",
+        "mode",
+        "dose_mcg_per_day",
+        "previous_dose_mcg_per_day",
+        "concentration_mcg_per_ml",
+        "acknowledged",
+        "author",
+    ]
+    list_filter = ["mode", "pump__model", "pump__patient__clinic"]
+    search_fields = ["pump__serial_number", "pump__patient__mrn", "pump__patient__family_name"]
+    list_select_related = ["pump__model", "pump__patient", "author"]
+    readonly_fields = ["previous_dose_mcg_per_day", "acknowledged_warnings", "reason_text", "author"]
+
+    class Media:
+        css = CSS
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is None:
+            return [*ProgramForm.Meta.fields, "acknowledged_warnings", "reason", "preview_token"]
+        return [*ProgramForm.Meta.fields, *self.readonly_fields]
+
+    def more_initial(self, initial: dict[str, Any], program: Program) -> None:
+        initial.setdefault("mode", program.mode)
+        initial.setdefault("dose_mcg_per_day", program.dose_mcg_per_day)
+
+    @admin.display(description="acknowledged")
+    def acknowledged(self, obj: Program) -> str:
+        return ", ".join(obj.acknowledged_warnings) or "-"
+
+    @admin.display(description="reason")
+    def reason_text(self, obj: Program) -> str:
+        return obj.reason or "-"
+
+
+# ----------------------------------------------------------------------------- pumps
+
+
+class RefillDueFilter(admin.SimpleListFilter):
+    title = "refill due"
+    parameter_name = "due"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [
+            ("alarm", "Alarm date reached"),
+            ("overdue", "Overdue"),
+            ("7", "Due within 7 days"),
+            ("14", "Due within 14 days"),
+            ("30", "Due within 30 days"),
+            ("none", "No refill date"),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Pump]) -> QuerySet[Pump]:
+        today = timezone.localdate()
+        value = self.value()
+        active = queryset.filter(status=PumpStatus.ACTIVE)
+        if value == "alarm":
+            return active.filter(alarm_on__lte=today)
+        if value == "overdue":
+            return active.filter(refill_by__lt=today)
+        if value in ("7", "14", "30"):
+            return active.filter(refill_by__gte=today, refill_by__lte=today + timedelta(days=int(value)))
+        if value == "none":
+            return active.filter(refill_by__isnull=True)
+        return queryset
+
+
+class PumpAddForm(StampedForm):
+    low_reservoir_alarm_ml = forms.DecimalField(
+        required=False, max_digits=7, decimal_places=2, help_text="Blank: the model's default."
+    )
+
+    class Meta:
+        model = Pump
+        fields = [
+            "patient",
+            "model",
+            "serial_number",
+            "udi",
+            "implanted_at",
+            "implanting_physician",
+            "following_physician",
+            "low_reservoir_alarm_ml",
+            "estimated_end_of_service_on",
+        ]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if not self.errors:
+            try:
+                services.validate_implant(now=self.now, **self._implant_args())
+            except ValidationError as exc:
+                apply_errors(self, exc)
+        return cleaned
+
+    def _implant_args(self) -> dict[str, Any]:
+        return dict(self.cleaned_data)
+
+    def _post_clean(self) -> None:
+        # Model validation would demand the alarm volume the service fills in.
+        if self.instance.low_reservoir_alarm_ml is None and self.cleaned_data.get("model"):
+            self.instance.low_reservoir_alarm_ml = self.cleaned_data["model"].default_low_reservoir_alarm_ml
+        super()._post_clean()
+
+    def record(self) -> Pump:
+        return services.implant_pump(now=self.now, **self._implant_args())
+
+
+class CatheterInline(ScopedInline):
+    model = Catheter
+    label = "pumps.catheter"
+    fields = ["model", "lot", "tip_level", "implanted_length_cm", "implanted_on"]
+
+
+class EndPumpForm(forms.Form):
+    status = forms.ChoiceField(choices=[(PumpStatus.EXPLANTED, "Explanted"), (PumpStatus.REPLACED, "Replaced")])
+    explanted_on = forms.DateField(widget=forms.DateInput(attrs={"type": "date"}))
+    explant_reason = forms.CharField(max_length=200)
+
+
+@admin.register(Pump)
+class PumpAdmin(StampedFormAdmin):
+    clinic_lookup = "patient__clinic"
+    list_display = ["serial_number", "patient", "model", "phase", "status", "refill_by_display", "alarm_on", "last_flag"]
+    list_display_links = ["serial_number", "patient"]
+    list_filter = [RefillDueFilter, "phase", "model", "status", "patient__clinic"]
+    search_fields = ["serial_number", "patient__mrn", "patient__family_name", "patient__given_name"]
+    list_select_related = ["patient", "model"]
+    inlines = [CatheterInline]
+    change_form_template = "admin/pumps/pump/change_form.html"
+    readonly_fields = [
+        "patient",
+        "model",
+        "serial_number",
+        "implanted_at",
+        "status",
+        "phase",
+        "stable_dose_at",
+        "explanted_on",
+        "explant_reason",
+        "state_panel",
+        "history_panel",
+    ]
+    fieldsets = [
+        ("Now", {"fields": ["state_panel"]}),
+        (
+            "Device",
+            {
+                "fields": [
+                    "patient",
+                    "model",
+                    "serial_number",
+                    "udi",
+                    "implanted_at",
+                    "implanting_physician",
+                    "following_physician",
+                    "low_reservoir_alarm_ml",
+                    "estimated_end_of_service_on",
+                ]
+            },
+        ),
+        ("Status", {"fields": ["status", "phase", "stable_dose_at", "explanted_on", "explant_reason"]}),
+        ("History", {"fields": ["history_panel"]}),
+    ]
+
+    class Media:
+        css = CSS
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Pump]:
+        latest = Refill.objects.filter(pump=OuterRef("pk")).order_by("-performed_at").values("discrepancy_flagged")[:1]
+        return super().get_queryset(request).select_related("patient__clinic", "model").annotate(last_flagged=Subquery(latest))
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        if obj is None:
+            kwargs["form"] = PumpAddForm
+            kwargs["fields"] = PumpAddForm.Meta.fields
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is None:
+            return [(None, {"fields": PumpAddForm.Meta.fields})]
+        return self.fieldsets
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return [] if obj is None else self.readonly_fields
+
+    def get_inlines(self, request: HttpRequest, obj: Any = None) -> Any:
+        return self.inlines if obj is not None else []
+
+    def save_form(self, request: HttpRequest, form: Any, change: bool) -> Any:
+        if change:
+            return super().save_form(request, form, change)
+        return form.record()
+
+    def save_model(self, request: HttpRequest, obj: Pump, form: Any, change: bool) -> None:
+        if not change:
+            return
+        if "low_reservoir_alarm_ml" in form.changed_data:
+            services.set_low_reservoir_alarm(obj, obj.low_reservoir_alarm_ml)
+            self.message_user(request, "The new alarm volume applies from the next fill.", messages.INFO)
+        super().save_model(request, obj, form, change)
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        if change:
+            super().save_related(request, form, formsets, change)
+
+    @admin.display(description="refill by", ordering="refill_by")
+    def refill_by_display(self, obj: Pump) -> SafeString:
+        if obj.refill_by is None:
+            return format_html("-")
+        today = timezone.localdate()
+        css = "pt-overdue" if obj.refill_by < today else ("pt-due" if obj.refill_by <= today + timedelta(days=7) else "")
+        return format_html('<span class="{}">{}</span>', css, obj.refill_by.isoformat())
+
+    @admin.display(description="last refill")
+    def last_flag(self, obj: Pump) -> SafeString:
+        return _flag(bool(getattr(obj, "last_flagged", False)))
+
+    @admin.display(description="current state")
+    def state_panel(self, obj: Pump) -> str:
+        state = services.pump_state(obj, timezone.now())
+        return render_to_string("admin/pumps/pump/_state.html", {"pump": obj, "s": state, "today": timezone.localdate()})
+
+    @admin.display(description="programs and refills")
+    def history_panel(self, obj: Pump) -> str:
+        return render_to_string(
+            "admin/pumps/pump/_history.html",
+            {
+                "programs": obj.programs.select_related("author").order_by("-effective_at"),
+                "refills": obj.refills.select_related("performed_by").order_by("-performed_at"),
+                "events": obj.events.order_by("-occurred_at")[:20],
+            },
+        )
+
+    # -- actions on one pump: phase, explant ------------------------------------------
+
+    def get_urls(self) -> list[Any]:
+        wrap = self.admin_site.admin_view
+        return [
+            path("<int:pk>/phase/", wrap(self.phase_view), name="pumps_pump_phase"),
+            path("<int:pk>/end/", wrap(self.end_view), name="pumps_pump_end"),
+            *super().get_urls(),
+        ]
+
+    def _own_pump(self, request: HttpRequest, pk: int) -> Pump:
+        return get_object_or_404(self.get_queryset(request), pk=pk)
+
+    def phase_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        pump = self._own_pump(request, pk)
+        change_url = reverse("admin:pumps_pump_change", args=[pump.pk])
+        if request.method != "POST" or not may_set_phase(request.user, pump.patient.clinic):
+            self.message_user(request, "Only a clinician may record the stable dose.", messages.ERROR)
+            return HttpResponseRedirect(change_url)
+        try:
+            services.set_phase(pump, request.POST.get("phase", ""), now=timezone.now())
+        except ValidationError as exc:
+            self.message_user(request, " ".join(exc.messages), messages.ERROR)
+        else:
+            self.message_user(request, f"Phase set to {pump.get_phase_display()}; refill-by is now {pump.refill_by or '-'}.")
+        return HttpResponseRedirect(change_url)
+
+    def end_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        pump = self._own_pump(request, pk)
+        if not may_write(request.user, "pumps.pump", pump.patient.clinic):
+            self.message_user(request, "You may not change this pump.", messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:pumps_pump_change", args=[pump.pk]))
+        form = EndPumpForm(request.POST or None, initial={"explanted_on": timezone.localdate()})
+        if request.method == "POST" and form.is_valid():
+            try:
+                services.end_pump(
+                    pump,
+                    status=form.cleaned_data["status"],
+                    on=form.cleaned_data["explanted_on"],
+                    reason=form.cleaned_data["explant_reason"],
+                    now=timezone.now(),
+                )
+            except ValidationError as exc:
+                apply_errors(form, exc)
+            else:
+                self.message_user(request, f"{pump} recorded as {pump.get_status_display().lower()}.")
+                return HttpResponseRedirect(reverse("admin:pumps_pump_change", args=[pump.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Explant or replace {pump}",
+            "form": form,
+            "pump": pump,
+        }
+        return TemplateResponse(request, "admin/pumps/pump/end.html", context)
+
+    def render_change_form(self, request: HttpRequest, context: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        obj = kwargs.get("obj")
+        if obj is not None:
+            context["may_set_phase"] = obj.is_active and may_set_phase(request.user, obj.patient.clinic)
+            context["may_record"] = obj.is_active and may_write(request.user, "pumps.refill", obj.patient.clinic)
+            context["may_program"] = obj.is_active and may_write(request.user, "pumps.program", obj.patient.clinic)
+            context["Phase"] = Phase
+        return super().render_change_form(request, context, *args, **kwargs)
+
+
+@admin.register(PumpModel)
+class PumpModelAdmin(ClinicScopedAdmin):
+    list_display = [
+        "name",
+        "model_number",
+        "reservoir_ml",
+        "default_low_reservoir_alarm_ml",
+        "accuracy_pct",
+        "mri_rule",
+        "mri_max_tesla",
+    ]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[PumpModel]:
+        return PumpModel.objects.all()  # the catalogue is shared by every clinic
+
+    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
+        return bool(request.user.is_superuser)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return bool(request.user.is_superuser)
+
+
+# ----------------------------------------------------------------------------- screening, events
+
+
+class ScreeningForm(StampedForm):
+    class Meta:
+        model = ScreeningTrial
+        fields = ["patient", "given_at", "dose_mcg", "route", "outcome", "effect_duration_hours", "notes"]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        patient, given_at, dose = cleaned.get("patient"), cleaned.get("given_at"), cleaned.get("dose_mcg")
+        if self.instance.pk is None and patient is not None and given_at is not None and dose is not None:
+            try:
+                services.validate_screening(patient=patient, given_at=given_at, dose_mcg=dose, now=self.now)
+            except ValidationError as exc:
+                apply_errors(self, exc)
+        return cleaned
+
+    def record(self) -> ScreeningTrial:
+        c = dict(self.cleaned_data)
+        c["performed_by"] = self.request.user
+        return services.record_screening(now=self.now, **c)
+
+
+@admin.register(ScreeningTrial)
+class ScreeningTrialAdmin(ServiceAddAdmin):
+    form = ScreeningForm
+    clinic_lookup = "patient__clinic"
+    list_display = ["given_at", "patient", "dose_mcg", "route", "outcome", "effect_duration_hours"]
+    list_filter = ["outcome", "dose_mcg", "patient__clinic"]
+    search_fields = ["patient__mrn", "patient__family_name"]
+    list_select_related = ["patient"]
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # The outcome is known hours after the dose: allow completing it.
+        return ClinicScopedAdmin.has_change_permission(self, request, obj)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return ["patient", "given_at", "dose_mcg"] if obj is not None else []
+
+
+class EventForm(StampedForm):
+    class Meta:
+        model = ClinicalEvent
+        fields = ["pump", "kind", "occurred_at", "field_strength_tesla", "notes"]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        pump, kind, at = cleaned.get("pump"), cleaned.get("kind"), cleaned.get("occurred_at")
+        if pump is not None and kind and at is not None:
+            try:
+                services.validate_event(pump=pump, kind=kind, occurred_at=at, now=self.now, **self._details())
+            except ValidationError as exc:
+                apply_errors(self, exc)
+        return cleaned
+
+    def _details(self) -> dict[str, Any]:
+        c = self.cleaned_data
+        return {"field_strength_tesla": c.get("field_strength_tesla"), "notes": c.get("notes", "")}
+
+    def record(self) -> ClinicalEvent:
+        c = self.cleaned_data
+        return services.record_event(
+            pump=c["pump"], kind=c["kind"], occurred_at=c["occurred_at"], now=self.now, by=self.request.user, **self._details()
+        )
+
+
+@admin.register(ClinicalEvent)
+class ClinicalEventAdmin(ServiceAddAdmin):
+    form = EventForm
+    clinic_lookup = "pump__patient__clinic"
+    list_display = ["occurred_at", "kind", "pump", "patient", "field_strength_tesla"]
+    list_filter = ["kind", "pump__patient__clinic", ("occurred_at", admin.DateFieldListFilter)]
+    search_fields = ["pump__serial_number", "pump__patient__mrn", "pump__patient__family_name"]
+    list_select_related = ["pump__patient", "pump__model"]
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        initial = super().get_changeform_initial_data(request)
+        initial.setdefault("occurred_at", timezone.localtime().replace(second=0, microsecond=0))
+        return initial
+
+    @admin.display(description="patient")
+    def patient(self, obj: ClinicalEvent) -> str:
+        return str(obj.pump.patient)
+
+
+class CatheterRevisionInline(ScopedInline):
+    model = CatheterRevision
+    label = "pumps.catheter"
+
+
+@admin.register(Catheter)
+class CatheterAdmin(ClinicScopedAdmin):
+    clinic_lookup = "pump__patient__clinic"
+    list_display = ["pump", "model", "lot", "tip_level", "implanted_length_cm", "implanted_on"]
+    search_fields = ["pump__serial_number", "pump__patient__mrn", "lot"]
+    inlines = [CatheterRevisionInline]
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return False  # reached from the pump page
