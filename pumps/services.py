@@ -446,6 +446,9 @@ def preview_refill(pump: Pump, inp: RefillInput, now: datetime) -> RefillPreview
 
     current_program = programs[-1]
     concentration_changed = inp.concentration_mcg_per_ml != current_program.concentration_mcg_per_ml
+    if concentration_changed and current_program.effective_at == inp.performed_at:
+        # The new strength re-programs the pump at the fill; one program per moment.
+        raise ValidationError({"performed_at": ["A programming change has this exact time: record the refill a minute later."]})
     problem = domain.concentration_problem(
         inp.concentration_mcg_per_ml, dose_policy().marketed_concentrations_mcg_per_ml, pump.model.concentration_range
     )
