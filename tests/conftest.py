@@ -1,0 +1,186 @@
+"""Shared fixtures: Debian's chromium for Playwright, free ports, an SMTP sink on loopback,
+and a real Celery worker process on its own queue (../shared/reference/toolchain.md §4)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+# Playwright's sync API keeps an asyncio loop running in the main thread; without this,
+# every ORM call made after the first browser test raises SynchronousOnlyOperation, and
+# pytest-django runs the transactional (live_server) tests last, so the failure cascades.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    return _free_port()
+
+
+# ---------------------------------------------------------------------------- Playwright
+# pytest-playwright has no executable-path option and `playwright install` cannot download
+# here: overriding its session fixture is the only way to use Debian's chromium.
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **browser_type_launch_args,
+        "executable_path": CHROMIUM,
+        "args": [
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-quic",
+            "--no-first-run",
+        ],
+    }
+
+
+# ---------------------------------------------------------------------------- SMTP sink
+@dataclass
+class SentMail:
+    mail_from: str
+    rcpt_tos: list[str]
+    message: EmailMessage
+
+
+class SmtpSink:
+    """An aiosmtpd handler that keeps every message it accepts."""
+
+    def __init__(self) -> None:
+        self.messages: list[SentMail] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        msg = message_from_bytes(envelope.content, policy=policy.default)
+        assert isinstance(msg, EmailMessage)
+        self.messages.append(SentMail(envelope.mail_from, list(envelope.rcpt_tos), msg))
+        return "250 Message accepted for delivery"
+
+
+@pytest.fixture
+def smtp_sink(settings: Any) -> Iterator[SmtpSink]:
+    """A real SMTP server on loopback; Django's SMTP backend is pointed at it."""
+    from aiosmtpd.controller import Controller
+
+    handler = SmtpSink()
+    port = _free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", port
+    settings.EMAIL_HOST_USER, settings.EMAIL_HOST_PASSWORD, settings.EMAIL_USE_TLS = "", "", False
+    try:
+        yield handler
+    finally:
+        controller.stop()
+
+
+# ---------------------------------------------------------------------------- Celery worker
+@dataclass
+class WorkerProcess:
+    """A `celery -A pumptrack worker` subprocess consuming only `queue`."""
+
+    queue: str
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _database_url(db: dict[str, Any]) -> str:
+    user, password = quote(str(db["USER"]), safe=""), quote(str(db["PASSWORD"]), safe="")
+    return f"postgres://{user}:{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{quote(str(db['NAME']), safe='')}"
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Warm shutdown, then the whole process group (prefork children included)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(20)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    """A real worker process on its own queue, against the test database and Redis.
+
+    Depends on `django_db_setup` so that settings.DATABASES names the test database.
+    Tasks reach it with `task.apply_async(queue=worker.queue)`; the rows they read must be
+    committed, so tests that use it need `django_db(transaction=True)`.
+    """
+    from django.conf import settings
+
+    broker = str(settings.CELERY_BROKER_URL)
+    if not broker.startswith(("redis://", "rediss://")):
+        pytest.skip(
+            f"needs a Redis broker: CELERY_BROKER_URL={broker!r} (run `bash .ci/run`, or export CELERY_BROKER_URL=redis://...)"
+        )
+    if not settings.CELERY_RESULT_BACKEND:
+        pytest.skip("needs a result backend to read task results: export CELERY_RESULT_BACKEND=redis://127.0.0.1:6379/1")
+    db = settings.DATABASES["default"]
+    if db["ENGINE"] != "django.db.backends.postgresql":
+        # A SQLite test database lives in memory in this process: another process cannot see it.
+        pytest.skip(f"needs PostgreSQL for a worker in another process, not {db['ENGINE']} (export DATABASE_URL=postgres://...)")
+
+    # Own queue and hostname: a dev worker or a stale one on the same Redis would otherwise
+    # take the tests' tasks (toolchain.md §6 #9).
+    queue = f"pytest-{uuid.uuid4().hex[:8]}"
+    log = tmp_path_factory.mktemp("celery") / "worker.log"
+    env = dict(os.environ, DATABASE_URL=_database_url(db), DJANGO_SETTINGS_MODULE="pumptrack.settings", PYTHONUNBUFFERED="1")
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "pumptrack", "worker",
+                "-Q", queue, "--pool=prefork", "--concurrency=2",
+                "--without-mingle", "--without-gossip", "--without-heartbeat",
+                "--loglevel=INFO", f"--hostname={queue}@%h",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group, so teardown reaches every child
+        )  # fmt: skip
+        worker = WorkerProcess(queue=queue, log=log, process=proc)
+        try:
+            deadline = time.monotonic() + 60
+            while " ready." not in worker.log_text():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"celery worker did not start (exit {proc.poll()}):\n{worker.log_text()}")
+                time.sleep(0.1)
+            yield worker
+        finally:
+            _stop(proc)
