@@ -22,7 +22,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 
 from patients.access import may_set_phase, may_write
 from patients.scoped_admin import ClinicScopedAdmin, ScopedInline, apply_errors
@@ -41,6 +41,7 @@ from pumps.models import (
 )
 
 CSS = {"all": ["pumps/admin.css"]}
+CONFIRM = "Check the computed result below, then press Save again to record it."
 
 
 class StampedForm(forms.ModelForm):
@@ -92,7 +93,12 @@ class PreviewForm(StampedForm):
         required=False,
         label="Acknowledge warnings",
     )
-    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False, label="Reason for acknowledging")
+    reason = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 2}),
+        required=False,
+        label="Reason for acknowledging",
+        help_text="Only needed when the computed result lists warnings.",
+    )
     preview_token = forms.CharField(widget=forms.HiddenInput, required=False)
 
     preview: Any = None
@@ -124,7 +130,7 @@ class PreviewForm(StampedForm):
         if cleaned.get("preview_token") != token:
             self.data = self.data.copy()
             self.data["preview_token"] = token
-            self.add_error(None, "Check the computed result below, then press Save again to record it.")
+            self.add_error(None, CONFIRM)
         return cleaned
 
 
@@ -197,7 +203,8 @@ class ProgramForm(PreviewForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["dose_mcg_per_day"].required = False
+        if "dose_mcg_per_day" in self.fields:  # absent on the read-only page of a saved program
+            self.fields["dose_mcg_per_day"].required = False
 
     def build_input(self) -> services.ProgramInput:
         c = self.cleaned_data
@@ -231,10 +238,23 @@ class PreviewAdmin(ServiceAddAdmin):
     preview_template = ""
     change_form_template = "admin/pumps/preview_change_form.html"
 
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        if obj is None:
+            # The add form's own tick boxes stand in for the stored acknowledgement field.
+            kwargs["fields"] = self.form.Meta.fields
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return [] if obj is None else self.readonly_fields
+
     def render_change_form(self, request: HttpRequest, context: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         form = context["adminform"].form
         if getattr(form, "preview", None) is not None:
             context["preview_html"] = render_to_string(self.preview_template, {"p": form.preview, "form": form})
+            if list(form.errors) == [forms.forms.NON_FIELD_ERRORS] and form.non_field_errors() == [CONFIRM]:
+                # Only the confirmation step: no "Please correct the error below".
+                context["errors"] = []
+                context["confirming"] = True
         context["clinic_time_zone"] = timezone.get_current_timezone_name()
         return super().render_change_form(request, context, *args, **kwargs)
 
@@ -256,7 +276,7 @@ class PreviewAdmin(ServiceAddAdmin):
 
 
 def _flag(flagged: bool) -> SafeString:
-    return format_html('<span class="pt-flag">⚑ flagged</span>') if flagged else format_html("")
+    return format_html('<span class="pt-flag">{}</span>', "⚑ flagged") if flagged else mark_safe("")
 
 
 @admin.register(Refill)
@@ -532,7 +552,7 @@ class PumpAdmin(StampedFormAdmin):
     @admin.display(description="refill by", ordering="refill_by")
     def refill_by_display(self, obj: Pump) -> SafeString:
         if obj.refill_by is None:
-            return format_html("-")
+            return mark_safe("-")
         today = timezone.localdate()
         css = "pt-overdue" if obj.refill_by < today else ("pt-due" if obj.refill_by <= today + timedelta(days=7) else "")
         return format_html('<span class="{}">{}</span>', css, obj.refill_by.isoformat())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from zoneinfo import ZoneInfo
 
@@ -113,9 +113,18 @@ class Segment:
     rate_ml_per_day: Decimal
 
 
+def between(start: datetime, end: datetime) -> timedelta:
+    """Real time from `start` to `end`.
+
+    Python subtracts two datetimes that share a tzinfo on the wall clock, which is an hour
+    off across a DST change; in UTC the difference is the true elapsed time.
+    """
+    return end.astimezone(UTC) - start.astimezone(UTC)
+
+
 def elapsed_days(start: datetime, end: datetime) -> Decimal:
     """Exact elapsed days between two aware datetimes (seconds / 86400)."""
-    delta = end - start
+    delta = between(start, end)
     seconds = Decimal(delta.days * 86400 + delta.seconds) + Decimal(delta.microseconds) / 1_000_000
     return seconds / SECONDS_PER_DAY
 
@@ -184,7 +193,7 @@ def alarm_date(anchor_at: datetime, volume_ml: Decimal, alarm_ml: Decimal, rate:
     seconds = int((exact_days * SECONDS_PER_DAY).to_integral_value(rounding=ROUND_FLOOR))
     if seconds > 10**11:  # beyond year 5000: no realistic DST question remains
         return by_contract
-    true_moment = anchor_at + timedelta(seconds=seconds)
+    true_moment = anchor_at.astimezone(UTC) + timedelta(seconds=seconds)  # real time, not wall clock
     return min(by_contract, local_date(true_moment, tz))
 
 
@@ -232,9 +241,10 @@ def residual_discrepancy(
     """
     expected = expected_residual_ml.quantize(CENT, rounding=ROUND_HALF_UP)
     discrepancy = withdrawn_ml - expected
-    band = (accuracy_pct / 100 * delivered_since_fill_ml).quantize(CENT, rounding=ROUND_HALF_UP)
+    band = accuracy_pct / 100 * delivered_since_fill_ml
+    # Compare with the exact band; the stored band is rounded for display only.
     flagged = abs(discrepancy) > DISCREPANCY_LIMIT_ML or abs(discrepancy) > band
-    return Discrepancy(expected, discrepancy, band, flagged)
+    return Discrepancy(expected, discrepancy, band.quantize(CENT, rounding=ROUND_HALF_UP), flagged)
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -411,9 +421,9 @@ def dose_change_warnings(
             )
 
     if is_increase:
-        if effective_at - context.implanted_at < INCREASE_MIN_GAP:
+        if between(context.implanted_at, effective_at) < INCREASE_MIN_GAP:
             warnings.append(Warning(Rule.INCREASE_TOO_SOON, "Increase within 24 hours of implant."))
-        elif context.last_increase_at is not None and effective_at - context.last_increase_at < INCREASE_MIN_GAP:
+        elif context.last_increase_at is not None and between(context.last_increase_at, effective_at) < INCREASE_MIN_GAP:
             warnings.append(Warning(Rule.INCREASE_TOO_SOON, "Increase within 24 hours of the previous increase."))
 
     if dose_mcg_per_day > policy.dose_warning_mcg_per_day:
@@ -491,7 +501,7 @@ def screening_problems(*, dose_mcg: Decimal, given_at: datetime, previous_given_
         problems["given_at"] = f"At most {SCREENING_MAX_DOSES} screening doses may be given."
     else:
         for other in previous_given_at:
-            if abs(given_at - other) < SCREENING_MIN_GAP:
+            if abs(between(other, given_at)) < SCREENING_MIN_GAP:
                 problems["given_at"] = "Screening doses must be at least 24 hours apart."
                 break
     return problems

@@ -250,8 +250,10 @@ def _program_dose(inp: ProgramInput, errors: _Errors) -> Decimal | None:
         if missing:
             return None
         assert inp.basal_mcg_per_day is not None and inp.bolus_mcg is not None and inp.boluses_per_day is not None
-        if min(inp.basal_mcg_per_day, inp.bolus_mcg) < 0 or inp.boluses_per_day < 0:
-            errors.add("bolus_mcg", "Bolus amounts must not be negative.")
+        negative = [n for n in ("basal_mcg_per_day", "bolus_mcg", "boluses_per_day") if getattr(inp, n) < 0]
+        for name in negative:
+            errors.add(name, "Must not be negative.")
+        if negative:
             return None
         return domain.bolus_daily_dose_mcg(inp.basal_mcg_per_day, inp.bolus_mcg, inp.boluses_per_day)
     if inp.mode != ProgramMode.SIMPLE:
@@ -537,14 +539,15 @@ def record_refill(
 # ----------------------------------------------------------------------------- lifecycle
 
 
-def is_eligible(patient: Patient) -> bool:
-    """Implant needs a positive screening trial (clinical.md §3 #39-40, R1), one documented
-    elsewhere, or an earlier pump (a replacement)."""
-    return (
-        patient.screened_elsewhere
-        or patient.screening_trials.filter(outcome=ScreeningOutcome.POSITIVE).exists()
-        or patient.pumps.exists()
-    )
+def is_eligible(patient: Patient, *, implanted_at: datetime | None = None) -> bool:
+    """Implant needs a positive screening trial before it (clinical.md §3 #39-40, R1), one
+    documented elsewhere, or an earlier pump (a replacement)."""
+    positives = patient.screening_trials.filter(outcome=ScreeningOutcome.POSITIVE)
+    earlier_pumps = patient.pumps.all()
+    if implanted_at is not None:
+        positives = positives.filter(given_at__lt=implanted_at)
+        earlier_pumps = earlier_pumps.filter(implanted_at__lt=implanted_at)
+    return patient.screened_elsewhere or positives.exists() or earlier_pumps.exists()
 
 
 def validate_implant(
@@ -561,8 +564,8 @@ def validate_implant(
     errors = _Errors()
     if implanted_at > now:
         errors.add("implanted_at", "Cannot be in the future.")
-    if not is_eligible(patient):
-        errors.add("patient", "No positive screening trial is on record: the patient is not eligible for an implant.")
+    if not is_eligible(patient, implanted_at=implanted_at):
+        errors.add("patient", "No positive screening trial before this implant is on record: the patient is not eligible.")
     if patient.pumps.filter(status=PumpStatus.ACTIVE).exists():
         errors.add("patient", "The patient already has an active pump: record its explant or replacement first.")
     alarm_ml = model.default_low_reservoir_alarm_ml if low_reservoir_alarm_ml is None else low_reservoir_alarm_ml

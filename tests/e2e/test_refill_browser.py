@@ -110,7 +110,7 @@ def test_nurse_records_a_refill_and_sees_the_flag_and_new_refill_by_date(live_se
     page.locator("input[name=_save]").click()
 
     # First submit: the computed result, nothing saved yet.
-    expect(page.locator(".errornote, .errorlist").first).to_be_visible()
+    expect(page.locator(".pt-confirm")).to_be_visible()
     expect(page.locator("#content")).to_contain_text("Check the computed result below, then press Save again")
     residual_row = page.locator(".pt-preview tr", has=page.locator("th", has_text="Expected residual"))
     expect(residual_row.locator("td")).to_have_text(f"{want['expected_residual']} mL")
