@@ -8,7 +8,7 @@ so that dropping the rule, or moving its bound by one unit, fails a row.
 from __future__ import annotations
 
 import math
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from decimal import Decimal
 from fractions import Fraction
 from zoneinfo import ZoneInfo
@@ -108,19 +108,12 @@ def test_elapsed_days_are_exact_seconds_over_86400(start: datetime, end: datetim
     assert domain.elapsed_days(start, end) == days
 
 
-def test_elapsed_days_count_real_seconds_across_a_clock_change() -> None:
-    # 2027-03-28 01:00 GMT the UK springs forward: noon to noon is 23 hours.
-    assert domain.elapsed_days(local(LONDON, 2027, 3, 27, 12), local(LONDON, 2027, 3, 28, 12)) == D(23) / D(24)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: domain.elapsed_days subtracts aware datetimes that share a tzinfo, which Python does on the wall "
-    "clock; across a DST change in the clinic's zone the elapsed time is off by an hour",
-)
-def test_elapsed_days_count_real_seconds_when_both_moments_carry_the_clinic_zone() -> None:
-    start = datetime(2027, 3, 27, 12, tzinfo=LONDON)
-    end = datetime(2027, 3, 28, 12, tzinfo=LONDON)
+@pytest.mark.parametrize("given_in", [UTC, LONDON], ids=["given in UTC", "given in the clinic zone"])
+def test_elapsed_days_count_real_seconds_across_a_clock_change(given_in: tzinfo) -> None:
+    # 2027-03-28 01:00 GMT the UK springs forward: noon to noon is 23 hours, whichever zone
+    # the moments carry (Python subtracts two datetimes of one zone on the wall clock).
+    start = local(LONDON, 2027, 3, 27, 12).astimezone(given_in)
+    end = local(LONDON, 2027, 3, 28, 12).astimezone(given_in)
     assert domain.elapsed_days(start, end) == D(23) / D(24)
 
 
@@ -234,6 +227,7 @@ def test_zero_rate_has_no_alarm_date() -> None:
 # Fall-back changes: 2027-10-31 in the UK (02:00 BST -> 01:00 GMT), 2027-11-07 in New York.
 # Filled just after midnight before the change, an exact number of days later the true
 # moment is 23:30 on the previous local day: `date(t) + days` would be one day late.
+@pytest.mark.parametrize("in_clinic_zone", [False, True], ids=["given in UTC", "given in the clinic zone"])
 @pytest.mark.parametrize(
     ("tz", "filled_at", "contract_date", "alarm_on"),
     [
@@ -244,23 +238,14 @@ def test_zero_rate_has_no_alarm_date() -> None:
     ],
 )
 def test_alarm_date_is_not_late_when_clocks_go_back(
-    tz: ZoneInfo, filled_at: datetime, contract_date: date, alarm_on: date
+    tz: ZoneInfo, filled_at: datetime, contract_date: date, alarm_on: date, in_clinic_zone: bool
 ) -> None:
     volume, alarm, rate = D(22), D(2), D(1)  # exactly 20 days to the alarm volume
-    true_moment = filled_at + timedelta(days=20)
+    true_moment = filled_at + timedelta(days=20)  # UTC arithmetic: real time
     assert true_moment.astimezone(tz).date() == alarm_on
     assert filled_at.astimezone(tz).date() + timedelta(days=domain.days_until_alarm(volume, alarm, rate) or 0) == contract_date
-    assert domain.alarm_date(filled_at, volume, alarm, rate, tz) == alarm_on
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: domain.alarm_date adds the timedelta to anchor_at in its own zone, which Python does on the wall "
-    "clock; with an anchor carrying the clinic zone (admin input) the DST guard is lost and the date is a day late",
-)
-def test_alarm_date_is_not_late_when_clocks_go_back_and_the_fill_carries_the_clinic_zone() -> None:
-    filled_at = datetime(2027, 10, 20, 0, 30, tzinfo=LONDON)
-    assert domain.alarm_date(filled_at, D(22), D(2), D(1), LONDON) == date(2027, 11, 8)
+    anchor = filled_at.astimezone(tz) if in_clinic_zone else filled_at
+    assert domain.alarm_date(anchor, volume, alarm, rate, tz) == alarm_on
 
 
 def test_alarm_date_keeps_the_contract_date_when_clocks_go_forward() -> None:
@@ -496,11 +481,6 @@ def test_expected_residual_is_quantized_to_a_hundredth_of_a_ml(expected: Decimal
     assert result.discrepancy_ml == D(28) - quantized
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: residual_discrepancy compares against the band rounded half-up to 0.01 mL, so a discrepancy "
-    "just over the exact band (0.15 > 14.5 % of 1 mL = 0.145) is not flagged",
-)
 def test_discrepancy_just_over_the_exact_accuracy_band_is_flagged() -> None:
     result = domain.residual_discrepancy(
         withdrawn_ml=D("5.15"), expected_residual_ml=D(5), delivered_since_fill_ml=D(1), accuracy_pct=D("14.5")
@@ -630,14 +610,11 @@ def test_first_dose_after_implant_is_not_an_increase() -> None:
     assert codes(100, previous=None, implanted_at=NOW - timedelta(hours=1)) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: dose_change_warnings subtracts aware datetimes that share a tzinfo (wall-clock arithmetic): "
-    "23 real hours across a spring-forward change count as 24, so increase_too_soon is missed",
-)
-def test_increase_23_real_hours_after_implant_across_a_clock_change_is_too_soon() -> None:
-    implanted_at = datetime(2027, 3, 27, 12, tzinfo=LONDON)
-    effective_at = datetime(2027, 3, 28, 12, tzinfo=LONDON)  # 23 hours later: the clocks went forward
+@pytest.mark.parametrize("given_in", [UTC, LONDON], ids=["given in UTC", "given in the clinic zone"])
+def test_increase_23_real_hours_after_implant_across_a_clock_change_is_too_soon(given_in: tzinfo) -> None:
+    # noon to noon across the UK's spring-forward change is 23 hours
+    implanted_at = local(LONDON, 2027, 3, 27, 12).astimezone(given_in)
+    effective_at = local(LONDON, 2027, 3, 28, 12).astimezone(given_in)
     assert codes(110, effective_at=effective_at, implanted_at=implanted_at) == [Rule.INCREASE_TOO_SOON]
 
 
@@ -777,15 +754,11 @@ def test_screening_doses_are_24_hours_apart_and_at_most_three(previous: list[dat
     assert set(problems) == ({"given_at"} if refused else set())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: screening_problems subtracts aware datetimes that share a tzinfo (wall-clock arithmetic): "
-    "23 real hours across a spring-forward change count as 24",
-)
-def test_screening_doses_23_real_hours_apart_across_a_clock_change_are_refused() -> None:
+@pytest.mark.parametrize("given_in", [UTC, LONDON], ids=["given in UTC", "given in the clinic zone"])
+def test_screening_doses_23_real_hours_apart_across_a_clock_change_are_refused(given_in: tzinfo) -> None:
     problems = domain.screening_problems(
         dose_mcg=D(75),
-        given_at=datetime(2027, 3, 28, 9, tzinfo=LONDON),
-        previous_given_at=[datetime(2027, 3, 27, 9, tzinfo=LONDON)],
+        given_at=local(LONDON, 2027, 3, 28, 9).astimezone(given_in),
+        previous_given_at=[local(LONDON, 2027, 3, 27, 9).astimezone(given_in)],
     )
     assert set(problems) == {"given_at"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -134,23 +134,11 @@ def test_dates_count_from_the_clinic_local_date_of_the_fill(zone: str, alarm_on:
     assert pump.alarm_on == alarm_on
 
 
-def test_alarm_date_is_not_late_across_the_autumn_clock_change() -> None:
+@pytest.mark.parametrize("given_in", [UTC, LONDON], ids=["given in UTC", "given in the clinic zone (admin forms)"])
+def test_alarm_date_is_not_late_across_the_autumn_clock_change(given_in: tzinfo) -> None:
     # Filled 00:30 BST on 20 October; 8 mL above the alarm at 0.4 mL/day is exactly 20 days,
     # which ends 23:30 GMT on 8 November (the clocks went back on 31 October), not on the 9th.
-    filled_at = datetime(2027, 10, 20, 0, 30, tzinfo=LONDON).astimezone(UTC)
-    patient = screened_patient(clinic=ClinicFactory(time_zone="Europe/London"))
-    pump = implanted_pump(patient=patient, implanted_at=filled_at, fill_ml="10")
-    assert pump.alarm_on == date(2027, 11, 8)
-    assert pump.refills.get().alarm_on == date(2027, 11, 8)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: preview_refill computes the stored Refill.alarm_on with domain.alarm_date on the input's own zone; "
-    "an admin form hands in clinic-local datetimes, and wall-clock arithmetic makes the date a day late",
-)
-def test_refill_entered_in_clinic_time_stores_an_alarm_date_that_is_not_late_across_the_autumn_change() -> None:
-    filled_at = datetime(2027, 10, 20, 0, 30, tzinfo=LONDON)  # as a form in the clinic's zone gives it
+    filled_at = datetime(2027, 10, 20, 0, 30, tzinfo=LONDON).astimezone(given_in)
     patient = screened_patient(clinic=ClinicFactory(time_zone="Europe/London"))
     pump = implanted_pump(patient=patient, implanted_at=filled_at, fill_ml="10")
     assert pump.alarm_on == date(2027, 11, 8)
@@ -614,14 +602,13 @@ def test_invalid_program_is_refused_naming_the_field_and_writes_nothing(
     assert rows() == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: services._program_dose reports a negative basal dose (or bolus count) under 'bolus_mcg', "
-    "not under the field that is wrong",
-)
 @pytest.mark.parametrize(
     ("basal", "bolus", "count", "field"),
-    [(D(-1), D(10), 2, "basal_mcg_per_day"), (D(180), D(10), -1, "boluses_per_day")],
+    [
+        (D(-1), D(10), 2, "basal_mcg_per_day"),
+        (D(180), D(-10), 2, "bolus_mcg"),
+        (D(180), D(10), -1, "boluses_per_day"),
+    ],
 )
 def test_negative_periodic_bolus_amounts_are_refused_naming_their_field(
     pump: Pump, basal: Decimal, bolus: Decimal, count: int, field: str
@@ -634,24 +621,10 @@ def test_negative_periodic_bolus_amounts_are_refused_naming_their_field(
         bolus_mcg=bolus,
         boluses_per_day=count,
     )
-    with pytest.raises(ValidationError) as exc:
-        services.change_program(pump, inp, by=None, now=days(10))
-    assert fields(exc) == {field}
-
-
-def test_negative_bolus_is_refused_naming_the_field(pump: Pump) -> None:
-    inp = services.ProgramInput(
-        effective_at=days(10),
-        concentration_mcg_per_ml=D(500),
-        mode="periodic_bolus",
-        basal_mcg_per_day=D(180),
-        bolus_mcg=D(-10),
-        boluses_per_day=2,
-    )
     before = rows()
     with pytest.raises(ValidationError) as exc:
         services.change_program(pump, inp, by=None, now=days(10))
-    assert fields(exc) == {"bolus_mcg"}
+    assert fields(exc) == {field}
     assert rows() == before
 
 
@@ -786,11 +759,6 @@ def test_implant_with_a_screening_documented_elsewhere_is_accepted() -> None:
     assert implant(PatientFactory(screened_elsewhere=True)).is_active
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: services.is_eligible checks that a positive trial exists, not that it came before the implant; "
-    "an implant dated before the positive trial is accepted",
-)
 def test_implant_dated_before_the_positive_trial_is_refused() -> None:
     patient = PatientFactory()
     screen(patient, dose_mcg=50, given_at=T0 + timedelta(days=2))
@@ -799,7 +767,7 @@ def test_implant_dated_before_the_positive_trial_is_refused() -> None:
         services.implant_pump(
             patient=patient, model=pump_model(), serial_number="EARLY1", implanted_at=T0, now=T0 + timedelta(days=3)
         )
-    assert "implanted_at" in fields(exc) or "patient" in fields(exc)
+    assert fields(exc) == {"patient"}
     assert rows() == before
 
 
