@@ -43,6 +43,43 @@ def free_port() -> int:
     return _free_port()
 
 
+# ---------------------------------------------------------------------------- serialized rollback
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None) -> Iterator[None]:
+    """pytest-django's test database, with `serialized_rollback` that survives Playwright.
+
+    `django_db(transaction=True, serialized_rollback=True)` restores rows that data
+    migrations seed (the pump catalogue) after an earlier transactional test's flush. Django
+    keeps those rows on the connection object (`_test_serialized_contents`). But once
+    Playwright's sync API has started, an asyncio loop runs in the main thread, so
+    asgiref's thread-critical Local serves *new* connection objects from context-local
+    storage, and those lack the attribute. Every later serialized rollback would then
+    silently restore nothing. Observed: a browser test followed by a transactional test
+    gives PumpModel.DoesNotExist. So every connection created from now on gets the
+    attribute too.
+    """
+    from django.db import connections
+
+    contents = {
+        conn.alias: conn._test_serialized_contents
+        for conn in connections.all(initialized_only=True)
+        if hasattr(conn, "_test_serialized_contents")
+    }
+    original = connections.create_connection
+
+    def create_connection(alias: str) -> Any:
+        conn = original(alias)
+        if alias in contents:
+            conn._test_serialized_contents = contents[alias]
+        return conn
+
+    connections.create_connection = create_connection  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del connections.create_connection  # back to the class's method
+
+
 # ---------------------------------------------------------------------------- Playwright
 # pytest-playwright has no executable-path option and `playwright install` cannot download
 # here: overriding its session fixture is the only way to use Debian's chromium.
