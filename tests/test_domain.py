@@ -576,6 +576,17 @@ def test_decrease_over_20_percent_must_be_acknowledged(phase: Phase, origin: Ori
     assert codes(dose, phase=phase, origin=origin) == ([Rule.DECREASE_OVER_LIMIT] if tripped else [])
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: dose_change_warnings skips the percentage rules when the previous dose is 0 "
+    "(domain.py:404 `previous > 0`), so restarting a stopped pump at any dose up to 1000 mcg/day trips nothing",
+)
+@pytest.mark.parametrize("phase", list(Phase))
+def test_any_increase_from_a_stopped_pump_must_be_acknowledged(phase: Phase) -> None:
+    # From 0 mcg/day every increase is more than 30 % (or 40 %): DESIGN's increase_over_limit.
+    assert Rule.INCREASE_OVER_LIMIT in codes(500, previous=D(0), phase=phase)
+
+
 def test_limit_message_names_the_change_and_the_limit() -> None:
     [warning] = domain.dose_change_warnings(
         dose_mcg_per_day=D(131),

@@ -207,6 +207,20 @@ def test_zero_dose_has_no_alarm_date_but_keeps_a_refill_by_date(pump: Pump) -> N
     assert pump.refill_by == date(2027, 2, 13)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: domain.dose_change_warnings skips the percentage rules when the previous dose is 0, "
+    "so a stopped pump restarted at full dose is recorded without any acknowledgement",
+)
+def test_restarting_a_stopped_pump_at_full_dose_is_refused_until_acknowledged(pump: Pump) -> None:
+    change(pump, at=days(10), dose="0", acknowledged=["decrease_over_limit"], reason="Suspected overdose.")
+    before = rows()
+    with pytest.raises(services.DoseChangeRefused) as exc:
+        change(pump, at=days(12), dose="400")
+    assert [w.code.value for w in exc.value.warnings] == ["increase_over_limit"]
+    assert rows() == before
+
+
 def test_fill_at_or_below_the_alarm_volume_alarms_on_the_fill_date() -> None:
     pump = implanted_pump(fill_ml="2")
     assert pump.alarm_on == date(2027, 1, 4)
@@ -599,6 +613,37 @@ def test_invalid_program_is_refused_naming_the_field_and_writes_nothing(
     with pytest.raises(ValidationError) as exc:
         services.change_program(pump, inp, by=None, now=days(10), acknowledged=RULE_CODES, reason="Forced.")
     assert field in fields(exc)
+    assert rows() == before
+
+
+@pytest.mark.parametrize(
+    ("inp", "field"),
+    [
+        pytest.param(program_input(at=T0 - timedelta(minutes=1)), "effective_at", id="before the implant"),
+        pytest.param(program_input(at=T0, concentration="0"), "concentration_mcg_per_ml", id="zero concentration"),
+        pytest.param(program_input(at=T0, concentration="-500"), "concentration_mcg_per_ml", id="negative concentration"),
+    ],
+)
+def test_invalid_first_program_is_refused_naming_the_field_and_writes_nothing(inp: services.ProgramInput, field: str) -> None:
+    # No program or fill yet: only the rule under test can catch these.
+    pump = implant()
+    before = rows()
+    with pytest.raises(ValidationError) as exc:
+        services.change_program(pump, inp, by=None, now=days(10), acknowledged=RULE_CODES, reason="Forced.")
+    assert fields(exc) == {field}
+    assert rows() == before
+
+
+def test_history_is_append_only_after_a_refill(pump: Pump) -> None:
+    # Refilled on day 30: a program or refill dated day 20 would rewrite what day 30 stored.
+    fill(pump, at=days(30), withdrawn_ml="28", volume_added_ml="40")
+    before = rows()
+    with pytest.raises(ValidationError) as exc:
+        change(pump, at=days(20), dose="210")
+    assert fields(exc) == {"effective_at"}
+    with pytest.raises(ValidationError) as exc:
+        services.record_refill(pump, refill_input(at=days(20)), by=None, now=days(31))
+    assert fields(exc) == {"performed_at"}
     assert rows() == before
 
 
