@@ -161,15 +161,16 @@ def local_date(moment: datetime, tz: ZoneInfo) -> date:
 def days_until_alarm(volume_ml: Decimal, alarm_ml: Decimal, rate: Decimal) -> int | None:
     """Whole days until the reservoir reaches the low-reservoir alarm volume.
 
-    Rounds down, so that no date is ever late; at or below the alarm volume: 0; rate zero:
-    no alarm (None). Source: DESIGN "Refill arithmetic"; clinical.md §5.1 (days_to_LRA).
+    Rounds down, so that no date is ever late; at or below the alarm volume: 0 (even at a
+    zero rate: the reservoir is already low); rate zero: no alarm (None). Source: DESIGN
+    "Refill arithmetic"; clinical.md §5.1 (days_to_LRA).
     """
     if rate < 0:
         raise ValueError("rate must not be negative")
-    if rate == 0:
-        return None
     if volume_ml <= alarm_ml:
         return 0
+    if rate == 0:
+        return None
     return int(((volume_ml - alarm_ml) / rate).to_integral_value(rounding=ROUND_FLOOR))
 
 
@@ -401,6 +402,16 @@ def dose_change_warnings(
     previous = context.previous_dose_mcg_per_day
     is_increase = previous is not None and dose_mcg_per_day > previous
 
+    if previous == 0 and dose_mcg_per_day > 0:
+        # Restarting a stopped pump is an unbounded increase: re-introduction after an
+        # interruption is a high-risk moment for overdose (clinical.md §6.2 #84).
+        warnings.append(
+            Warning(
+                Rule.INCREASE_OVER_LIMIT,
+                f"Restart from 0 mcg/day to {quantity_text(dose_mcg_per_day)} mcg/day: re-introduction after an "
+                "interruption risks overdose.",
+            )
+        )
     if previous is not None and previous > 0 and dose_mcg_per_day != previous:
         change = percent_change(previous, dose_mcg_per_day)
         limit = increase_limit_pct(context.phase, context.origin, context.age_years, policy)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 from typing import Any
 
 from django.conf import settings
@@ -112,7 +112,8 @@ def pump_state(pump: Pump, now: datetime) -> PumpState:
     return PumpState(
         program=programs[-1] if programs else None,
         last_fill=fill,
-        volume_ml=sched.volume_ml.quantize(domain.CENT) if sched else None,
+        # Rounded down: the display never shows more drug than the arithmetic leaves.
+        volume_ml=sched.volume_ml.quantize(domain.CENT, rounding=ROUND_FLOOR) if sched else None,
         alarm_on=sched.alarm_on if sched else None,
         refill_by=sched.refill_by if sched else None,
     )
@@ -131,10 +132,12 @@ def recompute_schedule(pump: Pump) -> Pump:
 
 def recompute_clinic(clinic: Clinic) -> int:
     """Re-store every active pump's dates after the clinic's policy changed."""
-    pumps = Pump.objects.filter(patient__clinic=clinic, status=PumpStatus.ACTIVE).select_related("patient__clinic")
+    ids = Pump.objects.filter(patient__clinic=clinic, status=PumpStatus.ACTIVE).values_list("pk", flat=True)
     count = 0
-    for pump in pumps:
+    for pk in ids.iterator():
         with transaction.atomic():
+            # Locked like a refill, so a refill saved meanwhile is not overwritten with older dates.
+            pump = Pump.objects.select_for_update().select_related("patient__clinic").get(pk=pk)
             recompute_schedule(pump)
         count += 1
     return count
@@ -178,9 +181,9 @@ def _acknowledge(warnings: Sequence[domain.Warning], acknowledged: Iterable[str]
     unknown = acknowledged - {r.value for r in domain.Rule}
     if unknown:
         raise ValidationError({"acknowledged_warnings": [f"Unknown warning code: {c}." for c in sorted(unknown)]})
-    missing = [w for w in warnings if w.code.value not in acknowledged]
-    if missing:
-        raise DoseChangeRefused(missing)
+    if any(w.code.value not in acknowledged for w in warnings):
+        # Name every rule the change trips, so one acknowledgement can cover them all.
+        raise DoseChangeRefused(warnings)
     if warnings and not reason.strip():
         raise ValidationError({"reason": ["Give a reason for acknowledging the warnings."]})
     return [w.code.value for w in warnings]
@@ -282,15 +285,27 @@ def _last_increase_at(programs: Sequence[Program]) -> datetime | None:
     return increases[-1] if increases else None
 
 
+def _previous_pump_dose(pump: Pump) -> Decimal | None:
+    """A replacement pump continues the dose of the pump it replaced (clinical.md §9 #115)."""
+    return (
+        Program.objects.filter(pump__patient=pump.patient, pump__implanted_at__lt=pump.implanted_at)
+        .exclude(pump=pump)
+        .order_by("-pump__implanted_at", "-effective_at")
+        .values_list("dose_mcg_per_day", flat=True)
+        .first()
+    )
+
+
 def _dose_context(pump: Pump, programs: Sequence[Program], at: datetime) -> domain.DoseContext:
     patient = pump.patient
     trial = _effective_screening(patient)
+    previous = programs[-1].dose_mcg_per_day if programs else _previous_pump_dose(pump)
     return domain.DoseContext(
         phase=domain.Phase(pump.phase),
         origin=domain.Origin(patient.spasticity_origin),
         age_years=patient.age_on(domain.local_date(at, patient.clinic.tz)),
         implanted_at=pump.implanted_at,
-        previous_dose_mcg_per_day=programs[-1].dose_mcg_per_day if programs else None,
+        previous_dose_mcg_per_day=previous,
         last_increase_at=_last_increase_at(programs),
         screening_dose_mcg=Decimal(trial.dose_mcg) if trial else None,
         screening_effect_hours=trial.effect_duration_hours if trial else None,
@@ -622,6 +637,13 @@ def end_pump(pump: Pump, *, status: str, on: date, reason: str, now: datetime) -
         errors.add("explanted_on", "Cannot be in the future.")
     if on < domain.local_date(pump.implanted_at, tz):
         errors.add("explanted_on", "Cannot be before the implant.")
+    last = max(
+        [r.performed_at for r in pump.refills.order_by("-performed_at")[:1]]
+        + [p.effective_at for p in pump.programs.order_by("-effective_at")[:1]],
+        default=None,
+    )
+    if last is not None and on < domain.local_date(last, tz):
+        errors.add("explanted_on", f"Cannot be before the last refill or programming change ({domain.local_date(last, tz)}).")
     if not reason.strip():
         errors.add("explant_reason", "Give the reason.")
     errors.raise_if_any()

@@ -187,6 +187,7 @@ def test_volume_is_fill_minus_delivered_and_never_below_zero(
         pytest.param(D(0), D(2), D("0.4"), 0, id="empty"),
         pytest.param(D(40), D(0), D("0.4"), 100, id="no alarm volume"),
         pytest.param(D(40), D(2), D(0), None, id="zero rate: no alarm"),
+        pytest.param(D("1.5"), D(2), D(0), 0, id="zero rate below the alarm volume: already alarming"),
     ],
 )
 def test_days_until_alarm_round_down_so_no_date_is_late(volume: Decimal, alarm: Decimal, rate: Decimal, days: int | None) -> None:
@@ -576,11 +577,6 @@ def test_decrease_over_20_percent_must_be_acknowledged(phase: Phase, origin: Ori
     assert codes(dose, phase=phase, origin=origin) == ([Rule.DECREASE_OVER_LIMIT] if tripped else [])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: dose_change_warnings skips the percentage rules when the previous dose is 0 "
-    "(domain.py:404 `previous > 0`), so restarting a stopped pump at any dose up to 1000 mcg/day trips nothing",
-)
 @pytest.mark.parametrize("phase", list(Phase))
 def test_any_increase_from_a_stopped_pump_must_be_acknowledged(phase: Phase) -> None:
     # From 0 mcg/day every increase is more than 30 % (or 40 %): DESIGN's increase_over_limit.
