@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
-from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models import F, OuterRef, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.loader import render_to_string
@@ -466,7 +466,9 @@ class EndPumpForm(forms.Form):
 @admin.register(Pump)
 class PumpAdmin(StampedFormAdmin):
     clinic_lookup = "patient__clinic"
-    list_display = ["serial_number", "patient", "model", "phase", "status", "refill_by_display", "alarm_on", "last_flag"]
+    list_display = ["serial_number", "patient", "model_number", "phase", "status", "refill_by_display", "alarm_on", "last_flag"]
+    # Active pumps first, the most urgent at the top; pumps with no date last.
+    ordering = ["status", F("refill_by").asc(nulls_last=True), "pk"]
     list_display_links = ["serial_number", "patient"]
     list_filter = [RefillDueFilter, "phase", "model", "status", "patient__clinic"]
     search_fields = ["serial_number", "patient__mrn", "patient__family_name", "patient__given_name"]
@@ -548,6 +550,10 @@ class PumpAdmin(StampedFormAdmin):
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         if change:
             super().save_related(request, form, formsets, change)
+
+    @admin.display(description="model", ordering="model__model_number")
+    def model_number(self, obj: Pump) -> str:
+        return f"{obj.model.name} {obj.model.model_number}"
 
     @admin.display(description="refill by", ordering="refill_by")
     def refill_by_display(self, obj: Pump) -> SafeString:
