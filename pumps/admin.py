@@ -8,6 +8,7 @@ warning the change trips must be ticked and given a reason.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, ClassVar
 
@@ -103,11 +104,26 @@ class PreviewForm(StampedForm):
 
     preview: Any = None
 
+    # The service pair behind the form: a preview that writes nothing, and the write.
+    previewer: Callable[..., Any]
+    recorder: Callable[..., Any]
+
     def build_input(self) -> Any:
         raise NotImplementedError
 
     def compute_preview(self, pump: Pump, inp: Any) -> Any:
-        raise NotImplementedError
+        return type(self).previewer(pump, inp, self.now)
+
+    def record(self) -> Any:
+        c = self.cleaned_data
+        return type(self).recorder(
+            c["pump"],
+            self.build_input(),
+            by=self.request.user,
+            now=self.now,
+            acknowledged=c.get("acknowledged_warnings") or [],
+            reason=c.get("reason", ""),
+        )
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
@@ -135,6 +151,9 @@ class PreviewForm(StampedForm):
 
 
 class RefillForm(PreviewForm):
+    previewer = services.preview_refill
+    recorder = services.record_refill
+
     class Meta:
         model = Refill
         fields = [
@@ -164,22 +183,11 @@ class RefillForm(PreviewForm):
             notes=c.get("notes", ""),
         )
 
-    def compute_preview(self, pump: Pump, inp: services.RefillInput) -> services.RefillPreview:
-        return services.preview_refill(pump, inp, self.now)
-
-    def record(self) -> Refill:
-        c = self.cleaned_data
-        return services.record_refill(
-            c["pump"],
-            self.build_input(),
-            by=self.request.user,
-            now=self.now,
-            acknowledged=c.get("acknowledged_warnings") or [],
-            reason=c.get("reason", ""),
-        )
-
 
 class ProgramForm(PreviewForm):
+    previewer = services.preview_program
+    recorder = services.change_program
+
     flex_steps = forms.JSONField(
         required=False,
         initial=list,
@@ -217,20 +225,6 @@ class ProgramForm(PreviewForm):
             basal_mcg_per_day=c.get("basal_mcg_per_day"),
             bolus_mcg=c.get("bolus_mcg"),
             boluses_per_day=c.get("boluses_per_day"),
-        )
-
-    def compute_preview(self, pump: Pump, inp: services.ProgramInput) -> services.ProgramPreview:
-        return services.preview_program(pump, inp, self.now)
-
-    def record(self) -> Program:
-        c = self.cleaned_data
-        return services.change_program(
-            c["pump"],
-            self.build_input(),
-            by=self.request.user,
-            now=self.now,
-            acknowledged=c.get("acknowledged_warnings") or [],
-            reason=c.get("reason", ""),
         )
 
 
