@@ -4,6 +4,7 @@ and clinical events. The arithmetic lives in `pumps/domain.py`; workflows in `se
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -13,9 +14,21 @@ from django.db.models import Q
 from patients.models import Patient
 from pumps import domain
 
-VOLUME = {"max_digits": 7, "decimal_places": 2}
-DOSE = {"max_digits": 9, "decimal_places": 3}
-CONCENTRATION = {"max_digits": 8, "decimal_places": 2}
+
+
+def volume_field(verbose_name: str | None = None, **options: Any) -> models.DecimalField:  # type: ignore[type-arg]
+    """mL to 0.01 (the resolution refill records use)."""
+    return models.DecimalField(verbose_name, max_digits=7, decimal_places=2, **options)
+
+
+def dose_field(verbose_name: str | None = None, **options: Any) -> models.DecimalField:  # type: ignore[type-arg]
+    """mcg/day to 0.001 (flex schedules sum fractional hourly rates)."""
+    return models.DecimalField(verbose_name, max_digits=9, decimal_places=3, **options)
+
+
+def concentration_field(verbose_name: str | None = None, **options: Any) -> models.DecimalField:  # type: ignore[type-arg]
+    """mcg/mL to 0.01."""
+    return models.DecimalField(verbose_name, max_digits=8, decimal_places=2, **options)
 
 
 class MriRule(models.TextChoices):
@@ -33,11 +46,11 @@ class PumpModel(models.Model):
     manufacturer = models.CharField(max_length=100)
     name = models.CharField(max_length=100)
     model_number = models.CharField(max_length=50, unique=True)
-    reservoir_ml = models.DecimalField("reservoir capacity (mL)", **VOLUME, validators=[MinValueValidator(Decimal("1"))])
-    default_low_reservoir_alarm_ml = models.DecimalField("default low-reservoir alarm (mL)", **VOLUME)
+    reservoir_ml = volume_field("reservoir capacity (mL)", validators=[MinValueValidator(Decimal("1"))])
+    default_low_reservoir_alarm_ml = volume_field("default low-reservoir alarm (mL)")
     accuracy_pct = models.DecimalField("accuracy band (%)", max_digits=5, decimal_places=2)
-    min_concentration_mcg_per_ml = models.DecimalField(**CONCENTRATION)
-    max_concentration_mcg_per_ml = models.DecimalField(**CONCENTRATION)
+    min_concentration_mcg_per_ml = concentration_field()
+    max_concentration_mcg_per_ml = concentration_field()
     expected_battery_months = models.PositiveSmallIntegerField(null=True, blank=True)
     mri_rule = models.CharField(max_length=20, choices=MriRule.choices)
     mri_max_tesla = models.DecimalField("MRI field strength limit (T)", max_digits=3, decimal_places=1, null=True, blank=True)
@@ -87,8 +100,8 @@ class Pump(models.Model):
     implanted_at = models.DateTimeField()
     implanting_physician = models.CharField(max_length=200, blank=True)
     following_physician = models.CharField(max_length=200, blank=True)
-    low_reservoir_alarm_ml = models.DecimalField(
-        "low-reservoir alarm (mL)", **VOLUME, help_text="As programmed in the pump; blank takes the model's default."
+    low_reservoir_alarm_ml = volume_field(
+        "low-reservoir alarm (mL)", help_text="As programmed in the pump; the model's default when not given."
     )
     status = models.CharField(max_length=20, choices=PumpStatus.choices, default=PumpStatus.ACTIVE)
     explanted_on = models.DateField(null=True, blank=True)
@@ -196,16 +209,16 @@ class Program(models.Model):
     pump = models.ForeignKey(Pump, on_delete=models.PROTECT, related_name="programs")
     effective_at = models.DateTimeField()
     mode = models.CharField(max_length=20, choices=ProgramMode.choices, default=ProgramMode.SIMPLE)
-    dose_mcg_per_day = models.DecimalField("dose (mcg/day)", **DOSE, help_text="For flex: computed from the steps.")
-    concentration_mcg_per_ml = models.DecimalField("concentration (mcg/mL)", **CONCENTRATION)
+    dose_mcg_per_day = dose_field("dose (mcg/day)", help_text="For flex: computed from the steps.")
+    concentration_mcg_per_ml = concentration_field("concentration (mcg/mL)")
     # Flex: [{"starts": "HH:MM", "mcg_per_hour": "12.5"}, ...]; periodic bolus: a basal dose
     # plus `boluses_per_day` boluses of `bolus_mcg` (their total is in dose_mcg_per_day).
     flex_steps = models.JSONField(default=list, blank=True)
-    basal_mcg_per_day = models.DecimalField(**DOSE, null=True, blank=True)
-    bolus_mcg = models.DecimalField(**DOSE, null=True, blank=True)
+    basal_mcg_per_day = dose_field(null=True, blank=True)
+    bolus_mcg = dose_field(null=True, blank=True)
     boluses_per_day = models.PositiveSmallIntegerField(null=True, blank=True)
 
-    previous_dose_mcg_per_day = models.DecimalField(**DOSE, null=True, blank=True, editable=False)
+    previous_dose_mcg_per_day = dose_field(null=True, blank=True, editable=False)
     acknowledged_warnings = models.JSONField(default=list, blank=True, editable=False)
     reason = models.TextField(blank=True)
     author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, related_name="+")
@@ -252,9 +265,9 @@ class Refill(models.Model):
 
     pump = models.ForeignKey(Pump, on_delete=models.PROTECT, related_name="refills")
     performed_at = models.DateTimeField()
-    withdrawn_ml = models.DecimalField("volume withdrawn (mL)", **VOLUME)
-    volume_added_ml = models.DecimalField("volume added (mL)", **VOLUME)
-    concentration_mcg_per_ml = models.DecimalField("concentration (mcg/mL)", **CONCENTRATION)
+    withdrawn_ml = volume_field("volume withdrawn (mL)")
+    volume_added_ml = volume_field("volume added (mL)")
+    concentration_mcg_per_ml = concentration_field("concentration (mcg/mL)")
     drug_product = models.CharField(max_length=20, choices=DrugProduct.choices, default=DrugProduct.LIORESAL)
     drug_lot = models.CharField(max_length=64, blank=True)
     expires_on = models.DateField(null=True, blank=True)
@@ -264,12 +277,12 @@ class Refill(models.Model):
 
     # Computed by services.record_refill and stored with the record.
     is_initial_fill = models.BooleanField(default=False, editable=False)
-    expected_residual_ml = models.DecimalField(**VOLUME, null=True, editable=False)
-    discrepancy_ml = models.DecimalField(**VOLUME, null=True, editable=False)
-    discrepancy_band_ml = models.DecimalField(**VOLUME, null=True, editable=False)
+    expected_residual_ml = volume_field(null=True, editable=False)
+    discrepancy_ml = volume_field(null=True, editable=False)
+    discrepancy_band_ml = volume_field(null=True, editable=False)
     discrepancy_flagged = models.BooleanField(default=False, editable=False)
-    volume_after_fill_ml = models.DecimalField(**VOLUME, editable=False)
-    low_reservoir_alarm_ml = models.DecimalField(**VOLUME, editable=False)
+    volume_after_fill_ml = volume_field(editable=False)
+    low_reservoir_alarm_ml = volume_field(editable=False)
     alarm_on = models.DateField(null=True, editable=False)
     refill_by = models.DateField(editable=False)
     acknowledged_warnings = models.JSONField(default=list, blank=True, editable=False)

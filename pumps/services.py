@@ -157,7 +157,7 @@ class _Errors:
 
     def raise_if_any(self) -> None:
         if self.by_field:
-            raise ValidationError(self.by_field)  # type: ignore[arg-type]
+            raise ValidationError(self.by_field)
 
 
 def _check_moment(errors: _Errors, name: str, moment: datetime, pump: Pump, now: datetime) -> None:
