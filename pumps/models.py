@@ -15,7 +15,6 @@ from patients.models import Patient
 from pumps import domain
 
 
-
 def volume_field(verbose_name: str | None = None, **options: Any) -> models.DecimalField:  # type: ignore[type-arg]
     """mL to 0.01 (the resolution refill records use)."""
     return models.DecimalField(verbose_name, max_digits=7, decimal_places=2, **options)
