@@ -37,6 +37,15 @@ def clinics_for(user: Any) -> QuerySet[Clinic]:
     return Clinic.objects.filter(memberships__user=user)
 
 
+def clinics_writable(user: Any, label: str) -> QuerySet[Clinic]:
+    """Clinics in which `user` may add or change `label` records (viewer clinics excluded)."""
+    if not user.is_authenticated or not user.is_active or not user.is_staff:
+        return Clinic.objects.none()
+    if user.is_superuser:
+        return Clinic.objects.all()
+    return Clinic.objects.filter(memberships__user=user, memberships__role__in=WRITE_ROLES.get(label, frozenset()))
+
+
 def roles_for(user: Any) -> set[str]:
     if not user.is_authenticated or not user.is_active:
         return set()
@@ -59,7 +68,18 @@ def may_write(user: Any, label: str, clinic: Clinic | None = None) -> bool:
     return memberships.exists()
 
 
-def may_set_phase(user: Any, clinic: Clinic) -> bool:
+def is_clinician(user: Any, clinic: Clinic | None = None) -> bool:
+    """Clinical decisions: the stable dose, and the patient facts the dose rules depend on
+    (screening documented elsewhere, spasticity origin, birth date, diagnosis)."""
+    if not user.is_active or not user.is_staff:
+        return False
     if user.is_superuser:
         return True
-    return Membership.objects.filter(user=user, clinic=clinic, role__in=PHASE_ROLES).exists()
+    memberships = Membership.objects.filter(user=user, role__in=PHASE_ROLES)
+    if clinic is not None:
+        memberships = memberships.filter(clinic=clinic)
+    return memberships.exists()
+
+
+def may_set_phase(user: Any, clinic: Clinic) -> bool:
+    return is_clinician(user, clinic)

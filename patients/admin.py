@@ -7,6 +7,7 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from patients.access import is_clinician
 from patients.models import ORIGIN_BY_DIAGNOSIS, Caregiver, Clinic, Membership, Patient
 from patients.scoped_admin import ClinicScopedAdmin, ScopedInline
 from pumps import services as pump_services
@@ -63,6 +64,7 @@ class ClinicAdmin(ClinicScopedAdmin):
 class CaregiverInline(ScopedInline):
     model = Caregiver
     label = "patients.caregiver"
+    parent_clinic_lookup = "clinic"
     fields = ["name", "relationship", "email", "phone", "language", "receives_safety_messages"]
 
 
@@ -103,8 +105,26 @@ class PatientAdmin(ClinicScopedAdmin):
         ("Pumps and screening", {"fields": ["pumps_summary", "screening_summary"]}),
     ]
 
+    # Facts the dose rules and the implant rule depend on: only a clinician changes them.
+    CLINICAL_FIELDS = ("screened_elsewhere", "spasticity_origin", "birth_date", "diagnosis")
+
     def get_queryset(self, request: HttpRequest) -> Any:
         return super().get_queryset(request).select_related("clinic")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        fields = list(self.readonly_fields)
+        if obj is None:
+            if not is_clinician(request.user):
+                fields.append("screened_elsewhere")
+        elif not is_clinician(request.user, obj.clinic):
+            fields.extend(self.CLINICAL_FIELDS)
+        return fields
+
+    def save_model(self, request: HttpRequest, obj: Patient, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if change and {"clinic", "birth_date"} & set(form.changed_data):
+            # Another clinic has its own policy and time zone: re-store the pump dates.
+            pump_services.recompute_patient(obj)
 
     def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
         initial = super().get_changeform_initial_data(request)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
-from django.db.models import F, OuterRef, QuerySet, Subquery
+from django.db.models import F, OuterRef, Q, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.loader import render_to_string
@@ -25,7 +25,8 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
-from patients.access import may_set_phase, may_write
+from patients.access import clinics_for, clinics_writable, may_set_phase, may_write
+from patients.models import Clinic
 from patients.scoped_admin import ClinicScopedAdmin, ScopedInline, apply_errors
 from pumps import domain, services
 from pumps.models import (
@@ -45,14 +46,41 @@ CSS = {"all": ["pumps/admin.css"]}
 CONFIRM = "Check the computed result below, then press Save again to record it."
 
 
+def in_zone(value: datetime, zone: Any) -> datetime:
+    """The wall-clock time typed by staff, read in `zone` instead of the active zone."""
+    return timezone.make_aware(timezone.make_naive(value, timezone.get_current_timezone()), zone)
+
+
 class StampedForm(forms.ModelForm):
-    """A form that knows the request (set by the admin) and reads the clock once."""
+    """A form that knows the request (set by the admin) and reads the clock once.
+
+    Typed times mean the wall clock of the record's clinic (found through `clinic_field`),
+    even for staff of several clinics in different zones.
+    """
 
     request: ClassVar[HttpRequest]
+    clinic_field = "pump"  # "pump" or "patient"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.now = timezone.now()
+
+    def record_clinic(self) -> Clinic | None:
+        owner = (getattr(self, "cleaned_data", None) or {}).get(self.clinic_field)
+        if owner is None and self.instance.pk is not None:
+            owner = getattr(self.instance, self.clinic_field, None)
+        if isinstance(owner, Pump):
+            return owner.patient.clinic
+        return getattr(owner, "clinic", None)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        clinic = self.record_clinic()
+        if clinic is not None:
+            for name in self.changed_data:
+                if isinstance(cleaned.get(name), datetime):
+                    cleaned[name] = in_zone(cleaned[name], clinic.tz)
+        return cleaned
 
 
 class StampedFormAdmin(ClinicScopedAdmin):
@@ -249,14 +277,20 @@ class PreviewAdmin(ServiceAddAdmin):
                 # Only the confirmation step: no "Please correct the error below".
                 context["errors"] = []
                 context["confirming"] = True
-        context["clinic_time_zone"] = timezone.get_current_timezone_name()
+        clinic = form.record_clinic()
+        context["clinic_time_zone"] = clinic.time_zone if clinic else "the pump's clinic time zone"
         return super().render_change_form(request, context, *args, **kwargs)
 
     def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
         initial = super().get_changeform_initial_data(request)
-        initial.setdefault(self.moment_field, timezone.localtime().replace(second=0, microsecond=0))
         pump_id = request.GET.get("pump")
-        pump = Pump.objects.filter(pk=pump_id).first() if pump_id and pump_id.isdigit() else None
+        pumps = Pump.objects.filter(patient__clinic__in=clinics_writable(request.user, self._label()))
+        pump = pumps.select_related("patient__clinic").filter(pk=pump_id).first() if pump_id and pump_id.isdigit() else None
+        # Now, on the wall clock of the pump's clinic (naive, so the widget shows it as is).
+        zone = pump.patient.clinic.tz if pump else timezone.get_current_timezone()
+        initial.setdefault(
+            self.moment_field, timezone.localtime(timezone.now(), zone).replace(second=0, microsecond=0, tzinfo=None)
+        )
         program = pump.programs.order_by("-effective_at").first() if pump else None
         if program is not None:
             initial.setdefault("concentration_mcg_per_ml", program.concentration_mcg_per_ml)
@@ -290,7 +324,12 @@ class RefillAdmin(PreviewAdmin):
         "alarm_on",
         "refill_by",
     ]
-    list_filter = ["discrepancy_flagged", ("performed_at", admin.DateFieldListFilter), "pump__model", "pump__patient__clinic"]
+    list_filter = [
+        "discrepancy_flagged",
+        ("performed_at", admin.DateFieldListFilter),
+        "pump__model",
+        ("pump__patient__clinic", admin.RelatedOnlyFieldListFilter),
+    ]
     search_fields = ["pump__serial_number", "pump__patient__mrn", "pump__patient__family_name", "drug_lot"]
     date_hierarchy = "performed_at"
     list_select_related = ["pump__model", "pump__patient"]
@@ -346,7 +385,7 @@ class ProgramAdmin(PreviewAdmin):
         "acknowledged",
         "author",
     ]
-    list_filter = ["mode", "pump__model", "pump__patient__clinic"]
+    list_filter = ["mode", "pump__model", ("pump__patient__clinic", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["pump__serial_number", "pump__patient__mrn", "pump__patient__family_name"]
     list_select_related = ["pump__model", "pump__patient", "author"]
     readonly_fields = ["previous_dose_mcg_per_day", "acknowledged_warnings", "reason_text", "author"]
@@ -390,21 +429,31 @@ class RefillDueFilter(admin.SimpleListFilter):
         ]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Pump]) -> QuerySet[Pump]:
-        today = timezone.localdate()
         value = self.value()
+        if value is None:
+            return queryset
         active = queryset.filter(status=PumpStatus.ACTIVE)
-        if value == "alarm":
-            return active.filter(alarm_on__lte=today)
-        if value == "overdue":
-            return active.filter(refill_by__lt=today)
-        if value in ("7", "14", "30"):
-            return active.filter(refill_by__gte=today, refill_by__lte=today + timedelta(days=int(value)))
         if value == "none":
             return active.filter(refill_by__isnull=True)
-        return queryset
+        # "Today" is each clinic's own date: a clinic ahead of UTC is a day ahead sometimes.
+        now = timezone.now()
+        match = Q(pk__in=[])
+        for clinic in clinics_for(request.user):
+            today = domain.local_date(now, clinic.tz)
+            if value == "alarm":
+                due = Q(alarm_on__lte=today)
+            elif value == "overdue":
+                due = Q(refill_by__lt=today)
+            elif value in ("7", "14", "30"):
+                due = Q(refill_by__gte=today, refill_by__lte=today + timedelta(days=int(value)))
+            else:
+                return queryset
+            match |= Q(patient__clinic=clinic) & due
+        return active.filter(match)
 
 
 class PumpAddForm(StampedForm):
+    clinic_field = "patient"
     low_reservoir_alarm_ml = forms.DecimalField(
         required=False, max_digits=7, decimal_places=2, help_text="Blank: the model's default."
     )
@@ -445,9 +494,23 @@ class PumpAddForm(StampedForm):
         return services.implant_pump(now=self.now, **self._implant_args())
 
 
+class PumpChangeForm(StampedForm):
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        alarm_ml = cleaned.get("low_reservoir_alarm_ml")
+        if "low_reservoir_alarm_ml" in self.changed_data and alarm_ml is not None:
+            try:
+                services.validate_alarm_volume(self.instance, alarm_ml)
+            except ValidationError as exc:
+                apply_errors(self, exc)
+        return cleaned
+
+
 class CatheterInline(ScopedInline):
     model = Catheter
     label = "pumps.catheter"
+    parent_clinic_lookup = "patient__clinic"
+    show_change_link = True  # catheter revisions are recorded on the catheter's page
     fields = ["model", "lot", "tip_level", "implanted_length_cm", "implanted_on"]
 
 
@@ -464,7 +527,7 @@ class PumpAdmin(StampedFormAdmin):
     # Active pumps first, the most urgent at the top; pumps with no date last.
     ordering = ["status", F("refill_by").asc(nulls_last=True), "pk"]
     list_display_links = ["serial_number", "patient"]
-    list_filter = [RefillDueFilter, "phase", "model", "status", "patient__clinic"]
+    list_filter = [RefillDueFilter, "phase", "model", "status", ("patient__clinic", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["serial_number", "patient__mrn", "patient__family_name", "patient__given_name"]
     list_select_related = ["patient", "model"]
     inlines = [CatheterInline]
@@ -515,6 +578,8 @@ class PumpAdmin(StampedFormAdmin):
         if obj is None:
             kwargs["form"] = PumpAddForm
             kwargs["fields"] = PumpAddForm.Meta.fields
+        else:
+            kwargs["form"] = PumpChangeForm
         return super().get_form(request, obj, change=change, **kwargs)
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
@@ -536,10 +601,8 @@ class PumpAdmin(StampedFormAdmin):
     def save_model(self, request: HttpRequest, obj: Pump, form: Any, change: bool) -> None:
         if not change:
             return
-        if "low_reservoir_alarm_ml" in form.changed_data:
-            services.set_low_reservoir_alarm(obj, obj.low_reservoir_alarm_ml)
-            self.message_user(request, "The new alarm volume applies from the next fill.", messages.INFO)
-        super().save_model(request, obj, form, change)
+        # Only what this form changed: a refill or dose change saved meanwhile keeps its dates.
+        services.update_pump_details(obj, {name: form.cleaned_data[name] for name in form.changed_data})
 
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         if change:
@@ -553,7 +616,7 @@ class PumpAdmin(StampedFormAdmin):
     def refill_by_display(self, obj: Pump) -> SafeString:
         if obj.refill_by is None:
             return mark_safe("-")
-        today = timezone.localdate()
+        today = domain.local_date(timezone.now(), obj.patient.clinic.tz)
         css = "pt-overdue" if obj.refill_by < today else ("pt-due" if obj.refill_by <= today + timedelta(days=7) else "")
         return format_html('<span class="{}">{}</span>', css, obj.refill_by.isoformat())
 
@@ -564,7 +627,8 @@ class PumpAdmin(StampedFormAdmin):
     @admin.display(description="current state")
     def state_panel(self, obj: Pump) -> str:
         state = services.pump_state(obj, timezone.now())
-        return render_to_string("admin/pumps/pump/_state.html", {"pump": obj, "s": state, "today": timezone.localdate()})
+        today = domain.local_date(timezone.now(), obj.patient.clinic.tz)
+        return render_to_string("admin/pumps/pump/_state.html", {"pump": obj, "s": state, "today": today})
 
     @admin.display(description="programs and refills")
     def history_panel(self, obj: Pump) -> str:
@@ -669,6 +733,8 @@ class PumpModelAdmin(ClinicScopedAdmin):
 
 
 class ScreeningForm(StampedForm):
+    clinic_field = "patient"
+
     class Meta:
         model = ScreeningTrial
         fields = ["patient", "given_at", "dose_mcg", "route", "outcome", "effect_duration_hours", "notes"]
@@ -694,7 +760,7 @@ class ScreeningTrialAdmin(ServiceAddAdmin):
     form = ScreeningForm
     clinic_lookup = "patient__clinic"
     list_display = ["given_at", "patient", "dose_mcg", "route", "outcome", "effect_duration_hours"]
-    list_filter = ["outcome", "dose_mcg", "patient__clinic"]
+    list_filter = ["outcome", "dose_mcg", ("patient__clinic", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["patient__mrn", "patient__family_name"]
     list_select_related = ["patient"]
 
@@ -737,7 +803,11 @@ class ClinicalEventAdmin(ServiceAddAdmin):
     form = EventForm
     clinic_lookup = "pump__patient__clinic"
     list_display = ["occurred_at", "kind", "pump", "patient", "field_strength_tesla"]
-    list_filter = ["kind", "pump__patient__clinic", ("occurred_at", admin.DateFieldListFilter)]
+    list_filter = [
+        "kind",
+        ("pump__patient__clinic", admin.RelatedOnlyFieldListFilter),
+        ("occurred_at", admin.DateFieldListFilter),
+    ]
     search_fields = ["pump__serial_number", "pump__patient__mrn", "pump__patient__family_name"]
     list_select_related = ["pump__patient", "pump__model"]
 
@@ -754,6 +824,7 @@ class ClinicalEventAdmin(ServiceAddAdmin):
 class CatheterRevisionInline(ScopedInline):
     model = CatheterRevision
     label = "pumps.catheter"
+    parent_clinic_lookup = "pump__patient__clinic"
 
 
 @admin.register(Catheter)

@@ -18,6 +18,8 @@ ZERO = Decimal("0")
 CENT = Decimal("0.01")
 SECONDS_PER_DAY = Decimal(86400)
 
+# Cap on a computed alarm date's distance (a century); refill-by binds long before.
+MAX_ALARM_DAYS = 36500
 # Drug-stability ceiling on the refill interval: "refilled within a maximum of 180 days"
 # [S52]; Lioresal "stable for six months" in SynchroMed II [S43]. clinical.md §2.1 #36-37.
 STABILITY_CEILING_DAYS = 180
@@ -186,14 +188,14 @@ def alarm_date(anchor_at: datetime, volume_ml: Decimal, alarm_ml: Decimal, rate:
     days = days_until_alarm(volume_ml, alarm_ml, rate)
     if days is None:
         return None
+    # A trickle can put the date beyond the calendar; a century out is as good (and earlier).
+    days = min(days, MAX_ALARM_DAYS)
     by_contract = local_date(anchor_at, tz) + timedelta(days=days)
     if volume_ml <= alarm_ml:
         return by_contract
-    exact_days = (volume_ml - alarm_ml) / rate
+    exact_days = min((volume_ml - alarm_ml) / rate, Decimal(MAX_ALARM_DAYS + 1))
     # timedelta keeps microseconds; rounding the seconds down keeps the moment early.
     seconds = int((exact_days * SECONDS_PER_DAY).to_integral_value(rounding=ROUND_FLOOR))
-    if seconds > 10**11:  # beyond year 5000: no realistic DST question remains
-        return by_contract
     true_moment = anchor_at.astimezone(UTC) + timedelta(seconds=seconds)  # real time, not wall clock
     return min(by_contract, local_date(true_moment, tz))
 

@@ -7,9 +7,11 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from patients.models import Patient
 from pumps import domain
@@ -143,6 +145,14 @@ class Catheter(models.Model):
     def __str__(self) -> str:
         return f"Catheter {self.model or ''} tip {self.tip_level or '?'}".strip()
 
+    def clean(self) -> None:
+        if self.implanted_on is None or self.pump_id is None:
+            return
+        if self.implanted_on > timezone.localdate(timezone.now(), self.pump.patient.clinic.tz):
+            raise ValidationError({"implanted_on": "Cannot be in the future."})
+        if self.implanted_on < timezone.localdate(self.pump.implanted_at, self.pump.patient.clinic.tz):
+            raise ValidationError({"implanted_on": "Cannot be before the pump's implant."})
+
 
 class RevisionReason(models.TextChoices):
     KINK = "kink", "Kink"
@@ -162,6 +172,14 @@ class CatheterRevision(models.Model):
 
     class Meta:
         ordering = ["-revised_on"]
+
+    def clean(self) -> None:
+        if self.revised_on is None or self.catheter_id is None:
+            return
+        if self.revised_on > timezone.localdate(timezone.now(), self.catheter.pump.patient.clinic.tz):
+            raise ValidationError({"revised_on": "Cannot be in the future."})
+        if self.catheter.implanted_on and self.revised_on < self.catheter.implanted_on:
+            raise ValidationError({"revised_on": "Cannot be before the catheter was implanted."})
 
 
 class ScreeningRoute(models.TextChoices):
@@ -285,6 +303,7 @@ class Refill(models.Model):
     alarm_on = models.DateField(null=True, editable=False)
     refill_by = models.DateField(editable=False)
     acknowledged_warnings = models.JSONField(default=list, blank=True, editable=False)
+    reason = models.TextField("reason for acknowledging", blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -97,12 +97,19 @@ def _schedule(
     return domain.schedule(
         fill=domain.Fill(fill.performed_at, fill.volume_after_fill_ml),
         segments=_segments_since(programs, fill.performed_at),
-        alarm_ml=fill.low_reservoir_alarm_ml,
+        # A corrected (higher) alarm volume applies at once; a lower one from the next fill.
+        alarm_ml=max(fill.low_reservoir_alarm_ml, pump.low_reservoir_alarm_ml),
         tz=clinic.tz,
         margin_days=clinic.refill_margin_days,
         interval_days=_interval_days(clinic, phase or pump.phase),
         at=at,
     )
+
+
+def _unknown_contents_refill_by(pump: Pump) -> date | None:
+    """An active pump with no recorded fill or program has unknown contents: it is due at
+    once (its implant date), so it stays on every due list until the record is complete."""
+    return domain.local_date(pump.implanted_at, pump.patient.clinic.tz) if pump.is_active else None
 
 
 def pump_state(pump: Pump, now: datetime) -> PumpState:
@@ -115,7 +122,7 @@ def pump_state(pump: Pump, now: datetime) -> PumpState:
         # Rounded down: the display never shows more drug than the arithmetic leaves.
         volume_ml=sched.volume_ml.quantize(domain.CENT, rounding=ROUND_FLOOR) if sched else None,
         alarm_on=sched.alarm_on if sched else None,
-        refill_by=sched.refill_by if sched else None,
+        refill_by=sched.refill_by if sched else _unknown_contents_refill_by(pump),
     )
 
 
@@ -123,7 +130,7 @@ def recompute_schedule(pump: Pump) -> Pump:
     """Store the pump's alarm and refill-by dates from its recorded history."""
     sched = _schedule(pump, _last_fill(pump), _programs(pump)) if pump.is_active else None
     alarm_on = sched.alarm_on if sched else None
-    refill_by = sched.refill_by if sched else None
+    refill_by = sched.refill_by if sched else _unknown_contents_refill_by(pump)
     if (pump.alarm_on, pump.refill_by) != (alarm_on, refill_by):
         pump.alarm_on, pump.refill_by = alarm_on, refill_by
         Pump.objects.filter(pk=pump.pk).update(alarm_on=alarm_on, refill_by=refill_by)
@@ -546,6 +553,7 @@ def record_refill(
             alarm_on=preview.alarm_on,
             refill_by=preview.refill_by,
             acknowledged_warnings=codes,
+            reason=reason.strip() if codes else "",
         )
         recompute_schedule(pump)
     return refill
@@ -668,16 +676,49 @@ def set_phase(pump: Pump, phase: str, *, now: datetime) -> Pump:
     return pump
 
 
-def set_low_reservoir_alarm(pump: Pump, alarm_ml: Decimal) -> Pump:
-    """The alarm volume applies from the next fill; the current one keeps the volume it was
-    filled with, as the pump's own programmer does."""
+def validate_alarm_volume(pump: Pump, alarm_ml: Decimal) -> None:
     if not Decimal(0) <= alarm_ml < pump.model.reservoir_ml:
         raise ValidationError(
             {"low_reservoir_alarm_ml": [f"Must be between 0 and {domain.quantity_text(pump.model.reservoir_ml)} mL."]}
         )
-    pump.low_reservoir_alarm_ml = alarm_ml
-    pump.save(update_fields=["low_reservoir_alarm_ml"])
+
+
+def set_low_reservoir_alarm(pump: Pump, alarm_ml: Decimal) -> Pump:
+    """Record the pump's alarm volume. A higher one applies at once (it may correct an error,
+    and an earlier date is never unsafe); a lower one from the next fill."""
+    return update_pump_details(pump, {"low_reservoir_alarm_ml": alarm_ml})
+
+
+# Device details staff may correct on the pump page; everything else has its own workflow.
+PUMP_DETAIL_FIELDS = frozenset(
+    {"udi", "implanting_physician", "following_physician", "low_reservoir_alarm_ml", "estimated_end_of_service_on"}
+)
+
+
+def update_pump_details(pump: Pump, changes: dict[str, Any]) -> Pump:
+    """Save only the given detail fields, under the pump's lock, and re-store its dates."""
+    unknown = set(changes) - PUMP_DETAIL_FIELDS
+    if unknown:
+        raise ValidationError({name: ["Not changed here: use its own action."] for name in sorted(unknown)})
+    if "low_reservoir_alarm_ml" in changes:
+        validate_alarm_volume(pump, changes["low_reservoir_alarm_ml"])
+    with transaction.atomic():
+        locked = Pump.objects.select_for_update().select_related("patient__clinic", "model").get(pk=pump.pk)
+        for name, value in changes.items():
+            setattr(locked, name, value)
+            setattr(pump, name, value)
+        if changes:
+            locked.save(update_fields=sorted(changes))
+        recompute_schedule(locked)
+        pump.alarm_on, pump.refill_by = locked.alarm_on, locked.refill_by
     return pump
+
+
+def recompute_patient(patient: Patient) -> None:
+    """Re-store the dates of a patient's active pumps (e.g. after a move to another clinic)."""
+    for pk in patient.pumps.filter(status=PumpStatus.ACTIVE).values_list("pk", flat=True):
+        with transaction.atomic():
+            recompute_schedule(Pump.objects.select_for_update().select_related("patient__clinic").get(pk=pk))
 
 
 # ----------------------------------------------------------------------------- screening and events
