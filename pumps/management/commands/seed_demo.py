@@ -943,7 +943,7 @@ class Command(BaseCommand):
             out(f"  {clinic.name} ({clinic.time_zone}): {_states(clinic, now)}")
 
         out("")
-        out(f"Sign in at {settings.SITE_URL.rstrip('/')}/admin/ (run `manage.py runserver` first).")
+        out(f"Sign in at {settings.SITE_URL.rstrip('/')}/admin/ once the web server runs (bin/demo starts it).")
         if password is not None:
             out("Password for every login below: the one given with --password.")
         else:
