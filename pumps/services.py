@@ -131,9 +131,9 @@ def recompute_schedule(pump: Pump) -> Pump:
     sched = _schedule(pump, _last_fill(pump), _programs(pump)) if pump.is_active else None
     alarm_on = sched.alarm_on if sched else None
     refill_by = sched.refill_by if sched else _unknown_contents_refill_by(pump)
-    if (pump.alarm_on, pump.refill_by) != (alarm_on, refill_by):
-        pump.alarm_on, pump.refill_by = alarm_on, refill_by
-        Pump.objects.filter(pk=pump.pk).update(alarm_on=alarm_on, refill_by=refill_by)
+    # Always written: the caller's object may hold dates older than the stored ones.
+    pump.alarm_on, pump.refill_by = alarm_on, refill_by
+    Pump.objects.filter(pk=pump.pk).update(alarm_on=alarm_on, refill_by=refill_by)
     return pump
 
 
@@ -623,7 +623,7 @@ def implant_pump(
             now=now,
             low_reservoir_alarm_ml=low_reservoir_alarm_ml,
         )
-        return Pump.objects.create(
+        pump = Pump.objects.create(
             patient=patient,
             model=model,
             serial_number=serial_number,
@@ -631,6 +631,7 @@ def implant_pump(
             low_reservoir_alarm_ml=alarm_ml,
             **details,
         )
+        return recompute_schedule(pump)  # due at once until its program and fill are recorded
 
 
 def end_pump(pump: Pump, *, status: str, on: date, reason: str, now: datetime) -> Pump:

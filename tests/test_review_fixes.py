@@ -419,17 +419,7 @@ def test_a_lower_alarm_volume_keeps_the_current_dates_until_the_next_fill() -> N
 
 @pytest.mark.parametrize(
     "recorded",
-    [
-        pytest.param(
-            "nothing",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: services.implant_pump never calls recompute_schedule, so a pump just implanted "
-                "keeps refill_by None (and is missing from ?due=overdue) until a program is recorded",
-            ),
-        ),
-        "a program",
-    ],
+    ["nothing", "a program"],
 )
 def test_an_active_pump_with_no_fill_is_due_on_its_implant_date(recorded: str) -> None:
     auckland = ClinicFactory(time_zone="Pacific/Auckland")
@@ -636,3 +626,11 @@ def test_it_links_a_catheter_row_to_its_page_where_revisions_are_recorded(clinic
     (revisions,) = response.context["inline_admin_formsets"]
     assert revisions.formset.prefix == "revisions"
     assert revisions.has_add_permission
+
+
+def test_ending_a_pump_through_a_stale_object_still_clears_its_stored_dates() -> None:
+    stale = implant(implanted_at=IMPLANTED_AT)  # due at once: refill_by is its implant date
+    fresh = Pump.objects.get(pk=stale.pk)
+    fresh.refill_by = None  # the caller's copy disagrees with what is stored
+    services.end_pump(fresh, status=PumpStatus.EXPLANTED, on=IMPLANTED_AT.date(), reason="Infection", now=IMPLANTED_AT)
+    assert Pump.objects.get(pk=stale.pk).refill_by is None
