@@ -269,6 +269,11 @@ class PreviewAdmin(ServiceAddAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         return [] if obj is None else self.readonly_fields
 
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is None:
+            return [*self.form.Meta.fields, "acknowledged_warnings", "reason", "preview_token"]
+        return [*self.form.Meta.fields, *self.readonly_fields]
+
     def render_change_form(self, request: HttpRequest, context: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         form = context["adminform"].form
         if getattr(form, "preview", None) is not None:
@@ -344,16 +349,12 @@ class RefillAdmin(PreviewAdmin):
         "alarm_on",
         "refill_by",
         "acknowledged_warnings",
+        "reason",
         "performed_by",
     ]
 
     class Media:
         css = CSS
-
-    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
-        if obj is None:
-            return [*RefillForm.Meta.fields, "acknowledged_warnings", "reason", "preview_token"]
-        return [*RefillForm.Meta.fields, *self.readonly_fields]
 
     def more_initial(self, initial: dict[str, Any], program: Program) -> None:
         initial.setdefault("volume_added_ml", program.pump.model.reservoir_ml)
@@ -392,11 +393,6 @@ class ProgramAdmin(PreviewAdmin):
 
     class Media:
         css = CSS
-
-    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
-        if obj is None:
-            return [*ProgramForm.Meta.fields, "acknowledged_warnings", "reason", "preview_token"]
-        return [*ProgramForm.Meta.fields, *self.readonly_fields]
 
     def more_initial(self, initial: dict[str, Any], program: Program) -> None:
         initial.setdefault("mode", program.mode)

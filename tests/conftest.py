@@ -81,7 +81,7 @@ def django_db_setup(django_db_setup: None) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------- Playwright
-# pytest-playwright has no executable-path option and `playwright install` cannot download
+# pytest-playwright has no executable-path option and Playwright's own browser download cannot download
 # here: overriding its session fixture is the only way to use Debian's chromium.
 @pytest.fixture(scope="session")
 def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
