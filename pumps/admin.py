@@ -496,7 +496,7 @@ class PumpChangeForm(StampedForm):
         alarm_ml = cleaned.get("low_reservoir_alarm_ml")
         if "low_reservoir_alarm_ml" in self.changed_data and alarm_ml is not None:
             try:
-                services.validate_alarm_volume(self.instance, alarm_ml)
+                services.validate_alarm_volume(self.instance.model, alarm_ml)
             except ValidationError as exc:
                 apply_errors(self, exc)
         return cleaned
@@ -545,19 +545,7 @@ class PumpAdmin(StampedFormAdmin):
         ("Now", {"fields": ["state_panel"]}),
         (
             "Device",
-            {
-                "fields": [
-                    "patient",
-                    "model",
-                    "serial_number",
-                    "udi",
-                    "implanted_at",
-                    "implanting_physician",
-                    "following_physician",
-                    "low_reservoir_alarm_ml",
-                    "estimated_end_of_service_on",
-                ]
-            },
+            {"fields": PumpAddForm.Meta.fields},
         ),
         ("Status", {"fields": ["status", "phase", "stable_dose_at", "explanted_on", "explant_reason"]}),
         ("History", {"fields": ["history_panel"]}),

@@ -592,11 +592,11 @@ def validate_implant(
     if patient.pumps.filter(status=PumpStatus.ACTIVE).exists():
         errors.add("patient", "The patient already has an active pump: record its explant or replacement first.")
     alarm_ml = model.default_low_reservoir_alarm_ml if low_reservoir_alarm_ml is None else low_reservoir_alarm_ml
-    if not Decimal(0) <= alarm_ml < model.reservoir_ml:
-        errors.add(
-            "low_reservoir_alarm_ml",
-            f"Must be between 0 and the reservoir capacity ({domain.quantity_text(model.reservoir_ml)} mL).",
-        )
+    try:
+        validate_alarm_volume(model, alarm_ml)
+    except ValidationError as exc:
+        for message in exc.message_dict["low_reservoir_alarm_ml"]:
+            errors.add("low_reservoir_alarm_ml", message)
     if Pump.objects.filter(model=model, serial_number=serial_number).exists():
         errors.add("serial_number", "A pump of this model with this serial number is already recorded.")
     errors.raise_if_any()
@@ -677,10 +677,11 @@ def set_phase(pump: Pump, phase: str, *, now: datetime) -> Pump:
     return pump
 
 
-def validate_alarm_volume(pump: Pump, alarm_ml: Decimal) -> None:
-    if not Decimal(0) <= alarm_ml < pump.model.reservoir_ml:
+def validate_alarm_volume(model: PumpModel, alarm_ml: Decimal) -> None:
+    """The low-reservoir alarm lies between empty and the reservoir's capacity."""
+    if not Decimal(0) <= alarm_ml < model.reservoir_ml:
         raise ValidationError(
-            {"low_reservoir_alarm_ml": [f"Must be between 0 and {domain.quantity_text(pump.model.reservoir_ml)} mL."]}
+            {"low_reservoir_alarm_ml": [f"Must be between 0 and {domain.quantity_text(model.reservoir_ml)} mL."]}
         )
 
 
@@ -702,7 +703,7 @@ def update_pump_details(pump: Pump, changes: dict[str, Any]) -> Pump:
     if unknown:
         raise ValidationError({name: ["Not changed here: use its own action."] for name in sorted(unknown)})
     if "low_reservoir_alarm_ml" in changes:
-        validate_alarm_volume(pump, changes["low_reservoir_alarm_ml"])
+        validate_alarm_volume(pump.model, changes["low_reservoir_alarm_ml"])
     with transaction.atomic():
         locked = Pump.objects.select_for_update().select_related("patient__clinic", "model").get(pk=pump.pk)
         for name, value in changes.items():
