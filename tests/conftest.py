@@ -221,3 +221,46 @@ def celery_worker_process(django_db_setup: None, tmp_path_factory: pytest.TempPa
             yield worker
         finally:
             _stop(proc)
+
+
+# ---------------------------------------------------------------------------- admin tests
+# Shared by tests/test_admin.py and tests/test_review_fixes.py (helpers: admin_support.py).
+
+
+@pytest.fixture
+def frozen_clock() -> Iterator[None]:
+    """The admin reads `timezone.now()`: freeze it at the visit's NOW."""
+    import time_machine
+    from admin_support import NOW
+
+    with time_machine.travel(NOW, tick=False):
+        yield
+
+
+@pytest.fixture
+def clinic_a() -> Any:
+    from factories import ClinicFactory
+
+    return ClinicFactory(name="Clinic A")
+
+
+@pytest.fixture
+def clinic_b() -> Any:
+    from factories import ClinicFactory
+
+    return ClinicFactory(name="Clinic B")
+
+
+@pytest.fixture
+def pump_a(clinic_a: Any) -> Any:
+    """Worked example: 40 mL filled full at 500 mcg/mL, 200 mcg/day (0.4 mL/day)."""
+    from factories import implanted_pump, screened_patient
+
+    return implanted_pump(patient=screened_patient(clinic=clinic_a))
+
+
+@pytest.fixture
+def pump_b(clinic_b: Any) -> Any:
+    from factories import implanted_pump, screened_patient
+
+    return implanted_pump(patient=screened_patient(clinic=clinic_b))

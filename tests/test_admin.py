@@ -9,21 +9,17 @@ Clinics are in UTC unless a test says otherwise, so typed times are UTC times.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from html.parser import HTMLParser
 from typing import Any
 
 import pytest
-import time_machine
-from django.test import Client
+from admin_support import NOW, VISIT_AT, client_for, form_errors, listed, staff
 from django.urls import reverse
 from factories import (
     IMPLANTED_AT,
     CaregiverFactory,
-    ClinicFactory,
-    MembershipFactory,
     PatientFactory,
     UserFactory,
     fill,
@@ -35,32 +31,9 @@ from factories import (
 from patients.models import Clinic, Role
 from pumps.models import Phase, Program, Pump, Refill
 
-pytestmark = pytest.mark.django_db
-
-# 28 days and 3 hours after the factories' implant (2027-01-04 09:00 UTC).
-VISIT_AT = IMPLANTED_AT + timedelta(days=28)  # 2027-02-01 09:00
-NOW = VISIT_AT + timedelta(hours=3)
-
-
-@pytest.fixture(autouse=True)
-def frozen_clock() -> Iterator[None]:
-    with time_machine.travel(NOW, tick=False):
-        yield
-
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen_clock")]
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def staff(clinic: Clinic, role: str) -> Any:
-    user = UserFactory(is_staff=True)
-    MembershipFactory(user=user, clinic=clinic, role=role)
-    return user
-
-
-def client_for(user: Any) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 class _Elements(HTMLParser):
@@ -179,15 +152,6 @@ def program_data(pump: Pump, *, at: datetime = VISIT_AT, token: str = "", **fiel
     return data
 
 
-def form_errors(response: Any) -> dict[str, list[str]]:
-    return {name: list(errors) for name, errors in response.context["adminform"].form.errors.items()}
-
-
-def listed(response: Any) -> set[int]:
-    assert response.status_code == 200
-    return {obj.pk for obj in response.context["cl"].result_list}
-
-
 REFILL_ADD = reverse("admin:pumps_refill_add")
 PROGRAM_ADD = reverse("admin:pumps_program_add")
 PUMP_ADD = reverse("admin:pumps_pump_add")
@@ -197,34 +161,13 @@ PUMP_ADD = reverse("admin:pumps_pump_add")
 
 
 @pytest.fixture
-def clinic_a() -> Clinic:
-    return ClinicFactory(name="Clinic A")
-
-
-@pytest.fixture
-def clinic_b() -> Clinic:
-    return ClinicFactory(name="Clinic B")
-
-
-@pytest.fixture
-def pump_a(clinic_a: Clinic) -> Pump:
-    """Worked example: 40 mL filled full at 500 mcg/mL, 200 mcg/day (0.4 mL/day)."""
-    return implanted_pump(patient=screened_patient(clinic=clinic_a))
-
-
-@pytest.fixture
-def pump_b(clinic_b: Clinic) -> Pump:
-    return implanted_pump(patient=screened_patient(clinic=clinic_b))
-
-
-@pytest.fixture
 def nurse(clinic_a: Clinic) -> Any:
-    return staff(clinic_a, Role.NURSE)
+    return staff((clinic_a, Role.NURSE))
 
 
 @pytest.fixture
 def clinician(clinic_a: Clinic) -> Any:
-    return staff(clinic_a, Role.CLINICIAN)
+    return staff((clinic_a, Role.CLINICIAN))
 
 
 # ----------------------------------------------------------------------------- clinic scoping
@@ -307,7 +250,7 @@ def test_it_offers_only_own_clinic_pumps_in_the_refill_form(nurse: Any, pump_a: 
 
 
 def test_it_lets_a_viewer_look_but_not_record_a_refill(clinic_a: Clinic, pump_a: Pump) -> None:
-    client = client_for(staff(clinic_a, Role.VIEWER))
+    client = client_for(staff((clinic_a, Role.VIEWER)))
 
     pump_page = client.get(reverse("admin:pumps_pump_change", args=[pump_a.pk]))
     assert pump_page.status_code == 200
@@ -426,7 +369,7 @@ def test_it_reads_typed_times_in_the_clinics_time_zone(pump_a: Pump) -> None:
     clinic = pump_a.patient.clinic
     clinic.time_zone = "Europe/Madrid"  # UTC+1 in February
     clinic.save()
-    client = client_for(staff(clinic, Role.NURSE))
+    client = client_for(staff((clinic, Role.NURSE)))
     data = refill_data(pump_a, performed_at_0="2027-02-01", performed_at_1="10:00:00")
 
     first = client.post(REFILL_ADD, data)

@@ -17,17 +17,16 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
+from admin_support import NOW, VISIT_AT, client_for, form_errors, listed, staff
 from django import forms
 from django.contrib import admin
 from django.db.models.signals import pre_save
-from django.test import Client, RequestFactory
+from django.test import RequestFactory
 from django.urls import reverse
 from factories import (
     IMPLANTED_AT,
     ClinicFactory,
-    MembershipFactory,
     PatientFactory,
-    UserFactory,
     fill,
     implant,
     implanted_pump,
@@ -39,12 +38,7 @@ from patients.models import Caregiver, Clinic, Patient, Role, SpasticityOrigin
 from pumps import domain, services
 from pumps.models import Catheter, Phase, Program, Pump, PumpStatus, Refill
 
-pytestmark = pytest.mark.django_db
-
-# The factories' implant is 2027-01-04 09:00 UTC: a 40 mL SynchroMed II filled full at
-# 500 mcg/mL, 200 mcg/day (0.4 mL/day), 2 mL alarm.
-VISIT_AT = IMPLANTED_AT + timedelta(days=28)  # 2027-02-01 09:00 UTC
-NOW = VISIT_AT + timedelta(hours=3)
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen_clock")]
 
 REFILL_ADD = reverse("admin:pumps_refill_add")
 PROGRAM_ADD = reverse("admin:pumps_program_add")
@@ -52,36 +46,7 @@ PATIENT_ADD = reverse("admin:patients_patient_add")
 PUMP_LIST = reverse("admin:pumps_pump_changelist")
 
 
-@pytest.fixture(autouse=True)
-def frozen_clock() -> Iterator[None]:
-    with time_machine.travel(NOW, tick=False):
-        yield
-
-
 # ----------------------------------------------------------------------------- helpers
-
-
-def staff(*roles: tuple[Clinic, str]) -> Any:
-    """A staff user with one membership per (clinic, role)."""
-    user = UserFactory(is_staff=True)
-    for clinic, role in roles:
-        MembershipFactory(user=user, clinic=clinic, role=role)
-    return user
-
-
-def client_for(user: Any) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-def form_errors(response: Any) -> dict[str, list[str]]:
-    return {name: list(errors) for name, errors in response.context["adminform"].form.errors.items()}
-
-
-def listed(response: Any) -> set[int]:
-    assert response.status_code == 200
-    return {obj.pk for obj in response.context["cl"].result_list}
 
 
 def _field_data(form: forms.BaseForm) -> dict[str, str]:
@@ -196,26 +161,6 @@ def during_first_pump_save(action: Callable[[], None]) -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-def clinic_a() -> Clinic:
-    return ClinicFactory(name="Clinic A")
-
-
-@pytest.fixture
-def clinic_b() -> Clinic:
-    return ClinicFactory(name="Clinic B")
-
-
-@pytest.fixture
-def pump_a(clinic_a: Clinic) -> Pump:
-    return implanted_pump(patient=screened_patient(clinic=clinic_a))
-
-
-@pytest.fixture
-def pump_b(clinic_b: Clinic) -> Pump:
-    return implanted_pump(patient=screened_patient(clinic=clinic_b))
 
 
 @pytest.fixture

@@ -1,0 +1,40 @@
+"""Helpers shared by the admin tests: the frozen visit time, staff users, the test client
+and what a response's admin form and change list hold."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.test import Client
+from factories import IMPLANTED_AT, MembershipFactory, UserFactory
+
+from patients.models import Clinic
+
+# The factories' implant is 2027-01-04 09:00 UTC: a 40 mL SynchroMed II filled full at
+# 500 mcg/mL, 200 mcg/day (0.4 mL/day), 2 mL alarm. The visit is 28 days later.
+VISIT_AT = IMPLANTED_AT + timedelta(days=28)  # 2027-02-01 09:00 UTC
+NOW = VISIT_AT + timedelta(hours=3)
+
+
+def staff(*roles: tuple[Clinic, str]) -> Any:
+    """A staff user with one membership per (clinic, role)."""
+    user = UserFactory(is_staff=True)
+    for clinic, role in roles:
+        MembershipFactory(user=user, clinic=clinic, role=role)
+    return user
+
+
+def client_for(user: Any) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def form_errors(response: Any) -> dict[str, list[str]]:
+    return {name: list(errors) for name, errors in response.context["adminform"].form.errors.items()}
+
+
+def listed(response: Any) -> set[int]:
+    assert response.status_code == 200
+    return {obj.pk for obj in response.context["cl"].result_list}
