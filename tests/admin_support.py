@@ -3,13 +3,14 @@ and what a response's admin form and change list hold."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.test import Client
 from factories import IMPLANTED_AT, MembershipFactory, UserFactory
 
 from patients.models import Clinic
+from pumps.models import Pump
 
 # The factories' implant is 2027-01-04 09:00 UTC: a 40 mL SynchroMed II filled full at
 # 500 mcg/mL, 200 mcg/day (0.4 mL/day), 2 mL alarm. The visit is 28 days later.
@@ -38,3 +39,32 @@ def form_errors(response: Any) -> dict[str, list[str]]:
 def listed(response: Any) -> set[int]:
     assert response.status_code == 200
     return {obj.pk for obj in response.context["cl"].result_list}
+
+
+def split_moment(at: datetime, tz: Any = UTC) -> dict[str, str]:
+    """Admin datetime widgets post a date and a time, in the clinic's zone."""
+    local = at.astimezone(tz)
+    return {"0": local.strftime("%Y-%m-%d"), "1": local.strftime("%H:%M:%S")}
+
+
+def refill_data(pump: Pump, *, at: datetime = VISIT_AT, token: str = "", tz: Any = UTC, **fields: Any) -> dict[str, Any]:
+    """The refill add form as a nurse fills it in; `fields` override any value."""
+    moment = split_moment(at, tz)
+    data = {
+        "pump": pump.pk,
+        "performed_at_0": moment["0"],
+        "performed_at_1": moment["1"],
+        "withdrawn_ml": "28.50",
+        "volume_added_ml": "40",
+        "concentration_mcg_per_ml": "500",
+        "drug_product": "lioresal",
+        "drug_lot": "L1234",
+        "expires_on": "",
+        "method": "template",
+        "notes": "",
+        "reason": "",
+        "preview_token": token,
+        "_save": "Save",
+    }
+    data.update(fields)
+    return data

@@ -9,13 +9,13 @@ Clinics are in UTC unless a test says otherwise, so typed times are UTC times.
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from html.parser import HTMLParser
 from typing import Any
 
 import pytest
-from admin_support import NOW, VISIT_AT, client_for, form_errors, listed, staff
+from admin_support import NOW, VISIT_AT, client_for, form_errors, listed, refill_data, split_moment, staff
 from django.urls import reverse
 from factories import (
     IMPLANTED_AT,
@@ -101,34 +101,6 @@ def state_rows(html: str) -> dict[str, str]:
     assert table, "no state panel"
     rows = re.findall(r"<tr><th>(.*?)</th><td[^>]*>(.*?)</td></tr>", table.group(1), re.S)
     return {th: " ".join(re.sub(r"<[^>]+>", "", td).split()) for th, td in rows}
-
-
-def split_moment(at: datetime, tz: Any = UTC) -> dict[str, str]:
-    """Admin datetime widgets post a date and a time, in the clinic's zone."""
-    local = at.astimezone(tz)
-    return {"0": local.strftime("%Y-%m-%d"), "1": local.strftime("%H:%M:%S")}
-
-
-def refill_data(pump: Pump, *, at: datetime = VISIT_AT, token: str = "", tz: Any = UTC, **fields: Any) -> dict[str, Any]:
-    moment = split_moment(at, tz)
-    data = {
-        "pump": pump.pk,
-        "performed_at_0": moment["0"],
-        "performed_at_1": moment["1"],
-        "withdrawn_ml": "28.50",
-        "volume_added_ml": "40",
-        "concentration_mcg_per_ml": "500",
-        "drug_product": "lioresal",
-        "drug_lot": "L1234",
-        "expires_on": "",
-        "method": "template",
-        "notes": "",
-        "reason": "",
-        "preview_token": token,
-        "_save": "Save",
-    }
-    data.update(fields)
-    return data
 
 
 def program_data(pump: Pump, *, at: datetime = VISIT_AT, token: str = "", **fields: Any) -> dict[str, Any]:

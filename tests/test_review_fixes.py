@@ -15,6 +15,7 @@ from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import admin_support
 import pytest
 import time_machine
 from admin_support import NOW, VISIT_AT, client_for, form_errors, listed, staff
@@ -103,24 +104,12 @@ def new_patient(clinic: Clinic, **fields: str) -> dict[str, str]:
     }
 
 
-def refill_data(pump: Pump, performed_at: tuple[str, str], token: str = "") -> dict[str, str]:
+def refill_data(pump: Pump, performed_at: tuple[str, str], token: str = "") -> dict[str, Any]:
     """The refill add form; `performed_at` is (date, time) as typed."""
-    return {
-        "pump": str(pump.pk),
-        "performed_at_0": performed_at[0],
-        "performed_at_1": performed_at[1],
-        "withdrawn_ml": "29.15",
-        "volume_added_ml": "40",
-        "concentration_mcg_per_ml": "500",
-        "drug_product": "lioresal",
-        "drug_lot": "L1234",
-        "expires_on": "",
-        "method": "template",
-        "notes": "",
-        "reason": "",
-        "preview_token": token,
-        "_save": "Save",
-    }
+    date_typed, time_typed = performed_at
+    return admin_support.refill_data(
+        pump, token=token, performed_at_0=date_typed, performed_at_1=time_typed, withdrawn_ml="29.15"
+    )
 
 
 def preview_token(response: Any) -> str:
