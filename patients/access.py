@@ -24,6 +24,10 @@ WRITE_ROLES: dict[str, frozenset[str]] = {
     "pumps.program": frozenset({Role.CLINICIAN}),
     "pumps.refill": frozenset({Role.CLINICIAN, Role.NURSE}),
     "pumps.clinicalevent": frozenset({Role.CLINICIAN, Role.NURSE}),
+    # Escalations are acknowledged and resolved by whoever acts on them.
+    "notifications.escalation": frozenset({Role.CLINICIAN, Role.NURSE, Role.COORDINATOR}),
+    # Messages are read-only records; coordinators lift and add contact blocks.
+    "notifications.contactblock": frozenset({Role.CLINICIAN, Role.NURSE, Role.COORDINATOR}),
 }
 # Recording the stable dose moves a pump to maintenance: a prescribing decision.
 PHASE_ROLES = frozenset({Role.CLINICIAN})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zoneinfo
-from datetime import date
+from datetime import date, time
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -18,6 +18,21 @@ from pumps.domain import STABILITY_CEILING_DAYS, Origin, age_in_years
 def validate_time_zone(value: str) -> None:
     if value not in zoneinfo.available_timezones():
         raise ValidationError(f"{value!r} is not a known IANA time zone (e.g. Europe/London).")
+
+
+def parse_day_list(value: str) -> list[int]:
+    """'14,7,2,0' -> [14, 7, 2, 0]; raises ValueError on anything else."""
+    days = [int(part) for part in value.replace(" ", "").split(",") if part != ""]
+    if not days or any(d < 0 or d > 90 for d in days):
+        raise ValueError(value)
+    return sorted(set(days), reverse=True)
+
+
+def validate_day_list(value: str) -> None:
+    try:
+        parse_day_list(value)
+    except ValueError:
+        raise ValidationError("Enter whole days between 0 and 90, separated by commas (e.g. 14,7,2,0).") from None
 
 
 class Language(models.TextChoices):
@@ -45,6 +60,41 @@ class Clinic(models.Model):
         default=90, validators=[MinValueValidator(1), MaxValueValidator(STABILITY_CEILING_DAYS)]
     )
 
+    # ---- messages (issue 3; DESIGN.md "Messages"). Clinic-owned policy with defaults.
+    notification_email = models.EmailField(
+        blank=True, help_text="Where staff escalations are emailed. Blank: the clinic's email address."
+    )
+    # Reminders 14, 7, 2 days before refill-by and on the day (DESIGN.md; clinical.md R7
+    # suggests 14, 7, 3 and the day: the exact stages are the clinic's choice).
+    reminder_days = models.CharField(
+        max_length=60,
+        default="14,7,2,0",
+        validators=[validate_day_list],
+        help_text="Days before the refill-by date on which patients are reminded, comma-separated (0 = on the day).",
+    )
+    # R12: high-risk patients (boxed-warning groups, §6.1 #75) get an earlier reminder
+    # and their caregivers are told too. The lead time is UNCONFIRMED: a setting.
+    high_risk_extra_reminder_days = models.PositiveSmallIntegerField(
+        default=21, validators=[MaxValueValidator(90)], help_text="An extra, earlier reminder for high-risk patients (0: none)."
+    )
+    reminder_time = models.TimeField(default=time(10, 0), help_text="Recipient-local time at which reminders go out.")
+    quiet_hours_start = models.TimeField(default=time(20, 0), help_text="Non-critical patient messages wait until the end.")
+    quiet_hours_end = models.TimeField(default=time(9, 0))
+    escalation_time = models.TimeField(
+        default=time(9, 0), help_text="Clinic-local time of the overdue escalation on the first morning after refill-by."
+    )
+    heat_season_month = models.PositiveSmallIntegerField(
+        default=6, validators=[MinValueValidator(1), MaxValueValidator(12)], help_text="Start of the heat season (month)."
+    )
+    heat_season_day = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1), MaxValueValidator(28)])
+    alcohol_reminder_months = models.PositiveSmallIntegerField(
+        default=6, validators=[MinValueValidator(1), MaxValueValidator(24)], help_text="Alcohol warning repeats this often."
+    )
+    # R9: plan replacement about six months before the expected shutdown (§1.1 #6).
+    battery_planning_months = models.PositiveSmallIntegerField(default=6, validators=[MaxValueValidator(24)])
+    # §7.4 #92: every MRI needs a post-MRI interrogation; the 24 h window is the issue's.
+    post_mri_check_hours = models.PositiveSmallIntegerField(default=24, validators=[MinValueValidator(1), MaxValueValidator(168)])
+
     class Meta:
         ordering = ["name"]
         constraints = [
@@ -65,6 +115,10 @@ class Clinic(models.Model):
     @property
     def tz(self) -> zoneinfo.ZoneInfo:
         return zoneinfo.ZoneInfo(self.time_zone)
+
+    @property
+    def escalation_address(self) -> str:
+        return self.notification_email or self.email
 
 
 class Role(models.TextChoices):

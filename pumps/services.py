@@ -33,6 +33,7 @@ from pumps.models import (
     ScreeningOutcome,
     ScreeningTrial,
 )
+from pumps.signals import schedule_changed
 
 
 class DoseChangeRefused(Exception):
@@ -126,7 +127,17 @@ def pump_state(pump: Pump, now: datetime) -> PumpState:
     )
 
 
-def recompute_schedule(pump: Pump) -> Pump:
+def announce_change(pump_ids: Iterable[int]) -> None:
+    """Tell listeners (the message planner) about changed pumps once the transaction commits.
+
+    `robust`: a listener's failure is logged, never turned into a failed request after the
+    record was saved; the planning sweep catches up within its interval.
+    """
+    ids = list(pump_ids)
+    transaction.on_commit(lambda: schedule_changed.send(sender=Pump, pump_ids=ids), robust=True)
+
+
+def recompute_schedule(pump: Pump, *, announce: bool = True) -> Pump:
     """Store the pump's alarm and refill-by dates from its recorded history."""
     sched = _schedule(pump, _last_fill(pump), _programs(pump)) if pump.is_active else None
     alarm_on = sched.alarm_on if sched else None
@@ -134,6 +145,8 @@ def recompute_schedule(pump: Pump) -> Pump:
     # Always written: the caller's object may hold dates older than the stored ones.
     pump.alarm_on, pump.refill_by = alarm_on, refill_by
     Pump.objects.filter(pk=pump.pk).update(alarm_on=alarm_on, refill_by=refill_by)
+    if announce:
+        announce_change([pump.pk])
     return pump
 
 
@@ -761,4 +774,6 @@ def validate_event(*, pump: Pump, kind: str, occurred_at: datetime, now: datetim
 def record_event(*, pump: Pump, kind: str, occurred_at: datetime, now: datetime, by: Any = None, **details: Any) -> ClinicalEvent:
     validate_event(pump=pump, kind=kind, occurred_at=occurred_at, now=now, **details)
     with transaction.atomic():
-        return ClinicalEvent.objects.create(pump=pump, kind=kind, occurred_at=occurred_at, recorded_by=by, **details)
+        event = ClinicalEvent.objects.create(pump=pump, kind=kind, occurred_at=occurred_at, recorded_by=by, **details)
+        announce_change([pump.pk])  # an MRI, a post-MRI check or an ERI changes the plan
+    return event

@@ -38,7 +38,7 @@ def recompute_all_schedules() -> int:
                 # dates computed from an older history.
                 locked = Pump.objects.select_for_update(of=("self",)).select_related("patient__clinic").filter(pk=pump.pk).first()
                 if locked is not None:  # deleted since the sweep started: nothing to store
-                    services.recompute_schedule(locked)
+                    services.recompute_schedule(locked, announce=False)  # the planning sweep follows
         except Exception:
             logger.exception("recompute_all_schedules: pump %s failed", pump.pk)
             failed.append(pump.pk)

@@ -13,9 +13,12 @@ app = Celery("pumptrack")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
-# Periodic jobs. The reminder and dispatch sweeps arrive with the reminders issue; the
-# schedule recomputation below is the safety net for stored refill-by dates.
+# Periodic jobs. Each is safe to run twice at once (STYLE.md §8).
 app.conf.beat_schedule = {
+    # Re-plan every pump's messages and raise due escalations (DESIGN.md "Messages").
+    "plan-messages": {"task": "notifications.tasks.plan_sweep", "schedule": 15 * 60},
+    # Send what is due.
+    "dispatch-messages": {"task": "notifications.tasks.dispatch_sweep", "schedule": 60},
     "recompute-refill-schedules": {
         "task": "pumps.tasks.recompute_all_schedules",
         "schedule": 60 * 60,

@@ -136,6 +136,28 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
+# ---------------------------------------------------------------------------- messages
+# SMS backend: the console (default) or notifications.transports.TwilioSmsBackend.
+PUMPTRACK_SMS_BACKEND = env_str("PUMPTRACK_SMS_BACKEND", "notifications.transports.ConsoleSmsBackend")
+TWILIO_ACCOUNT_SID = env_str("TWILIO_ACCOUNT_SID")
+TWILIO_AUTH_TOKEN = env_str("TWILIO_AUTH_TOKEN")
+TWILIO_FROM_NUMBER = env_str("TWILIO_FROM_NUMBER")
+TWILIO_MESSAGING_SERVICE_SID = env_str("TWILIO_MESSAGING_SERVICE_SID")
+# Only for tests and sandboxes: where Twilio's REST API lives (default: Twilio's own).
+TWILIO_API_BASE_URL = env_str("TWILIO_API_BASE_URL")
+# Domain part of the stable Message-ID of each email.
+PUMPTRACK_EMAIL_DOMAIN = env_str("PUMPTRACK_EMAIL_DOMAIN", "pumptrack.invalid")
+# One network call may take this long; a claim lasts much longer, so it never expires
+# under a send still in flight.
+PUMPTRACK_SEND_TIMEOUT_SECONDS = env_int("PUMPTRACK_SEND_TIMEOUT_SECONDS", 30, minimum=1, maximum=600)
+PUMPTRACK_MESSAGE_CLAIM_SECONDS = env_int("PUMPTRACK_MESSAGE_CLAIM_SECONDS", 300, minimum=2, maximum=86400)
+# Backoff between transient failures, in seconds; after the last, the message fails permanently.
+PUMPTRACK_MESSAGE_RETRY_DELAYS = tuple(
+    env_int(f"PUMPTRACK_MESSAGE_RETRY_DELAY_{i}", default, minimum=1) for i, default in enumerate((60, 300, 1800, 7200), 1)
+)
+# How many due messages one dispatch sweep queues.
+PUMPTRACK_DISPATCH_BATCH = env_int("PUMPTRACK_DISPATCH_BATCH", 2000, minimum=1)
+
 # ---------------------------------------------------------------------------- logging
 LOGGING = {
     "version": 1,

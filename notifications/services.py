@@ -1,0 +1,885 @@
+"""Workflows for messages: reconcile plans with the outbox, dispatch, send, opt-outs, escalations.
+
+The only place that writes outbox rows. Every periodic job here is safe to run twice at
+once: message identities are unique, claims are atomic `UPDATE ... WHERE status` statements,
+and a claim expires so a worker killed mid-send strands nothing (STYLE.md §7-§8).
+Time comes in as `now`.
+"""
+
+from __future__ import annotations
+
+import logging
+import zoneinfo
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core import signing
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q, QuerySet
+from django.template.loader import render_to_string
+from django.urls import reverse
+
+from notifications import content, planning
+from notifications.models import (
+    OPEN_STATES,
+    Attempt,
+    AttemptOutcome,
+    BlockMethod,
+    BlockReason,
+    Channel,
+    ContactBlock,
+    Escalation,
+    EscalationReason,
+    EscalationStatus,
+    Heartbeat,
+    Kind,
+    Message,
+    RecipientKind,
+    Severity,
+    Status,
+)
+from notifications.transports import Outgoing, TransportError, transport_for
+from patients.models import Caregiver, Clinic, Patient, parse_day_list
+from pumps.models import ClinicalEvent, EventKind, Pump, PumpStatus, Refill
+
+logger = logging.getLogger(__name__)
+
+UNSUBSCRIBE_SALT = "pumptrack.notifications.unsubscribe"
+# Escalations a re-plan closes by itself once they no longer apply (a refill recorded,
+# a post-MRI check recorded, the pump explanted). Battery and ERI tasks wait for a person.
+SELF_RESOLVING = frozenset(
+    {
+        EscalationReason.OVERDUE,
+        EscalationReason.ALARM_DATE_REACHED,
+        EscalationReason.NO_USABLE_CONTACT,
+        EscalationReason.POST_MRI_CHECK_MISSING,
+        EscalationReason.MRI_EMPTY_RESERVOIR,
+        EscalationReason.MRI_UNSAFE,
+    }
+)
+# MRIs older than this are history, not pending work.
+SCAN_LOOKBACK = timedelta(days=365)
+
+
+# --------------------------------------------------------------------------- facts
+
+
+def policy_for(clinic: Clinic) -> planning.Policy:
+    return planning.Policy(
+        time_zone=clinic.time_zone,
+        reminder_days=tuple(parse_day_list(clinic.reminder_days)),
+        high_risk_extra_reminder_days=clinic.high_risk_extra_reminder_days,
+        reminder_time=clinic.reminder_time,
+        quiet_hours_start=clinic.quiet_hours_start,
+        quiet_hours_end=clinic.quiet_hours_end,
+        escalation_time=clinic.escalation_time,
+        heat_season_month=clinic.heat_season_month,
+        heat_season_day=clinic.heat_season_day,
+        alcohol_reminder_months=clinic.alcohol_reminder_months,
+        battery_planning_months=clinic.battery_planning_months,
+        post_mri_check_hours=clinic.post_mri_check_hours,
+    )
+
+
+def active_blocks(addresses: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """(channel, address) -> why it must not be used, for the active blocks among them."""
+    pairs = {pair for pair in addresses if pair[1]}
+    if not pairs:
+        return {}
+    query = Q()
+    for channel, address in pairs:
+        query |= Q(channel=channel, address=address)
+    rows = ContactBlock.objects.filter(query, lifted_at=None).values_list("channel", "address", "reason")
+    return {(c, a): str(BlockReason(r).label) for c, a, r in rows}
+
+
+def contacts_for(patient: Patient, caregivers: Sequence[Caregiver], blocks: dict[tuple[str, str], str]) -> list[planning.Contact]:
+    tz = patient.effective_time_zone
+    email, phone = patient.email, str(patient.phone or "")
+    found = [
+        planning.Contact(
+            key=f"patient:{patient.pk}",
+            is_patient=True,
+            email=email,
+            phone=phone,
+            language=patient.language,
+            time_zone=tz,
+            email_blocked="" if patient.contact_by_email else "Patient prefers no email",
+            sms_blocked="" if patient.contact_by_sms else "Patient prefers no SMS",
+        )
+    ]
+    for cg in caregivers:
+        found.append(
+            planning.Contact(
+                key=f"caregiver:{cg.pk}",
+                is_patient=False,
+                email=cg.email,
+                phone=str(cg.phone or ""),
+                language=cg.language,
+                time_zone=tz,
+                receives_safety=cg.receives_safety_messages,
+                caregiver_id=cg.pk,
+            )
+        )
+    # An opt-out or a dead contact wins over the preference text.
+    return [
+        planning.Contact(
+            **{
+                **c.__dict__,
+                "email_blocked": blocks.get(("email", c.email), c.email_blocked),
+                "sms_blocked": blocks.get(("sms", c.phone), c.sms_blocked),
+            }
+        )
+        for c in found
+    ]
+
+
+@dataclass
+class _Loaded:
+    pump: Pump
+    facts: planning.PumpFacts
+    policy: planning.Policy
+    contacts: list[planning.Contact]
+
+
+def _load(pump_ids: Sequence[int], now: datetime) -> list[_Loaded]:
+    """Facts for a batch of pumps in a constant number of queries."""
+    pumps = list(
+        Pump.objects.filter(pk__in=pump_ids)
+        .select_related("patient__clinic", "model")
+        .prefetch_related("patient__caregivers")
+        .order_by("pk")
+    )
+    last_fill: dict[int, tuple[int, datetime]] = {}
+    for pk, pump_id, at in (
+        Refill.objects.filter(pump_id__in=pump_ids)
+        .order_by("pump_id", "-performed_at", "-pk")
+        .values_list("pk", "pump_id", "performed_at")
+    ):
+        last_fill.setdefault(pump_id, (pk, at))
+    events: dict[int, list[ClinicalEvent]] = defaultdict(list)
+    for event in ClinicalEvent.objects.filter(
+        pump_id__in=pump_ids,
+        kind__in=[EventKind.MRI_PLANNED, EventKind.MRI_DONE, EventKind.POST_MRI_CHECK, EventKind.REPLACEMENT_INDICATOR],
+        occurred_at__gte=now - SCAN_LOOKBACK,
+    ).order_by("occurred_at", "pk"):
+        events[event.pump_id].append(event)
+    pairs: list[tuple[str, str]] = []
+    for pump in pumps:
+        people: list[Any] = [pump.patient, *pump.patient.caregivers.all()]
+        for person in people:
+            pairs += [("email", person.email), ("sms", str(person.phone or ""))]
+    blocks = active_blocks(pairs)
+    loaded = []
+    for pump in pumps:
+        patient, clinic = pump.patient, pump.patient.clinic
+        fill = last_fill.get(pump.pk)
+        pump_events = events[pump.pk]
+        checks = [e.occurred_at for e in pump_events if e.kind == EventKind.POST_MRI_CHECK]
+        done = [e for e in pump_events if e.kind == EventKind.MRI_DONE]
+        scans = []
+        for e in pump_events:
+            if e.kind not in (EventKind.MRI_PLANNED, EventKind.MRI_DONE):
+                continue
+            planned = e.kind == EventKind.MRI_PLANNED
+            # A planned scan later recorded as done is the same scan: the "done" record counts.
+            if planned and any(abs(d.occurred_at - e.occurred_at) <= timedelta(days=2) for d in done):
+                continue
+            scans.append(
+                planning.Scan(
+                    event_id=e.pk,
+                    at=e.occurred_at,
+                    recorded_at=e.created_at,
+                    planned=planned,
+                    checked=any(c >= e.occurred_at for c in checks),
+                )
+            )
+        facts = planning.PumpFacts(
+            pump_id=pump.pk,
+            active=pump.status == PumpStatus.ACTIVE,
+            implanted_at=pump.implanted_at,
+            refill_by=pump.refill_by,
+            alarm_on=pump.alarm_on,
+            last_fill_id=fill[0] if fill else None,
+            last_fill_at=fill[1] if fill else None,
+            high_risk=patient.high_risk,
+            mri_rule=pump.model.mri_rule,
+            end_of_service_on=pump.estimated_end_of_service_on,
+            replacement_indicators=tuple((e.pk, e.occurred_at) for e in pump_events if e.kind == EventKind.REPLACEMENT_INDICATOR),
+            scans=tuple(scans),
+            context={
+                "first_name": patient.given_name,
+                "clinic_name": clinic.name,
+                "clinic_phone": str(clinic.phone or ""),
+                "model_name": f"{pump.model.manufacturer} {pump.model.name}",
+                "mri_rule": pump.model.mri_rule,
+            },
+        )
+        loaded.append(_Loaded(pump, facts, policy_for(clinic), contacts_for(patient, list(patient.caregivers.all()), blocks)))
+    return loaded
+
+
+# --------------------------------------------------------------------------- reconcile
+
+
+@dataclass
+class ReconcileResult:
+    created: int = 0
+    updated: int = 0
+    cancelled: int = 0
+    escalations: int = 0
+
+    def __iadd__(self, other: ReconcileResult) -> ReconcileResult:
+        self.created += other.created
+        self.updated += other.updated
+        self.cancelled += other.cancelled
+        self.escalations += other.escalations
+        return self
+
+
+def _new_row(pump: Pump, p: planning.PlannedMessage) -> Message:
+    return Message(
+        clinic_id=pump.patient.clinic_id,
+        patient_id=pump.patient_id,
+        pump_id=pump.pk,
+        caregiver_id=p.caregiver_id,
+        recipient_key=p.recipient_key,
+        channel=p.channel,
+        kind=p.kind.value,
+        subject=p.subject,
+        cycle=p.cycle,
+        stage=p.stage,
+        recipient_kind=RecipientKind.PATIENT if p.is_patient else RecipientKind.CAREGIVER,
+        address=p.address,
+        language=p.language,
+        time_zone=p.time_zone,
+        critical=p.critical,
+        context=p.context,
+        status=Status.SUPPRESSED if p.suppressed else Status.PLANNED,
+        status_reason=p.suppressed,
+        due_at=p.due_at,
+    )
+
+
+def _identity(m: Message) -> tuple[str, str, str, str, str, str]:
+    return (m.recipient_key, m.channel, m.kind, m.subject, m.cycle, m.stage)
+
+
+def reconcile_pumps(pump_ids: Sequence[int], now: datetime) -> ReconcileResult:
+    """Make the outbox match each pump's plan: insert what is missing, update what is still
+    open, cancel what became obsolete, raise escalations that are due. Never touches a
+    message that is being sent or was sent."""
+    result = ReconcileResult()
+    with transaction.atomic():
+        # Serialises re-plans of the same pump (a refill and a sweep at once); in pk order,
+        # so two sweeps over overlapping batches cannot deadlock.
+        ids = list(Pump.objects.select_for_update().filter(pk__in=pump_ids).order_by("pk").values_list("pk", flat=True))
+        loaded = _load(ids, now)
+        subjects = [f"pump:{pk}" for pk in ids]
+        open_rows: dict[tuple[str, ...], Message] = {
+            _identity(m): m
+            for m in Message.objects.filter(subject__in=subjects, status__in=OPEN_STATES).exclude(kind=Kind.ESCALATION)
+        }
+        to_create: list[Message] = []
+        to_update: list[Message] = []
+        wanted: set[tuple[str, ...]] = set()
+        for item in loaded:
+            the_plan = planning.plan(item.facts, item.policy, item.contacts, now)
+            for p in the_plan.messages:
+                wanted.add(p.identity)
+                row = open_rows.get(p.identity)
+                if row is None:
+                    to_create.append(_new_row(item.pump, p))
+                elif _refresh(row, p, now):
+                    to_update.append(row)
+            result.escalations += _sync_escalations(item, the_plan, now)
+        if to_create:
+            # A concurrent planner may have inserted the same identities: the unique
+            # constraint keeps one, and this insert skips it.
+            result.created = len(Message.objects.bulk_create(to_create, ignore_conflicts=True, batch_size=1000))
+        if to_update:
+            fields = [
+                "address",
+                "language",
+                "time_zone",
+                "critical",
+                "context",
+                "status",
+                "status_reason",
+                "due_at",
+                "updated_at",
+            ]
+            for row in to_update:
+                row.updated_at = now
+            Message.objects.bulk_update(to_update, fields, batch_size=1000)
+            result.updated = len(to_update)
+        obsolete = [m.pk for key, m in open_rows.items() if key not in wanted]
+        if obsolete:
+            result.cancelled = Message.objects.filter(pk__in=obsolete, status__in=OPEN_STATES).update(
+                status=Status.CANCELLED, status_reason="No longer planned (refill, dose change, or pump ended)", updated_at=now
+            )
+    return result
+
+
+def _refresh(row: Message, p: planning.PlannedMessage, now: datetime) -> bool:
+    """Bring an open row in line with its plan; True if anything changed."""
+    before = (row.address, row.language, row.time_zone, row.critical, row.context, row.status, row.status_reason, row.due_at)
+    row.address, row.language, row.time_zone, row.critical, row.context = (
+        p.address,
+        p.language,
+        p.time_zone,
+        p.critical,
+        p.context,
+    )
+    if p.suppressed:
+        row.status, row.status_reason = Status.SUPPRESSED, p.suppressed
+    elif row.status == Status.SUPPRESSED:
+        row.status, row.status_reason = Status.PLANNED, ""  # re-subscribed or contact fixed
+    if row.status in (Status.PLANNED, Status.SUPPRESSED):
+        # A message the SMS cap deferred keeps its later moment.
+        row.due_at = max(p.due_at, row.due_at) if row.status_reason.startswith("Deferred") else p.due_at
+    after = (row.address, row.language, row.time_zone, row.critical, row.context, row.status, row.status_reason, row.due_at)
+    return before != after
+
+
+def _sync_escalations(item: _Loaded, the_plan: planning.Plan, now: datetime) -> int:
+    raised = 0
+    planned_keys = {(e.reason.value, e.cycle) for e in the_plan.escalations}
+    for e in the_plan.escalations:
+        if e.due_at <= now:
+            _, created = raise_escalation(
+                clinic=item.pump.patient.clinic,
+                pump=item.pump,
+                reason=EscalationReason(e.reason.value),
+                severity=Severity.CRITICAL if e.critical else Severity.WARNING,
+                cycle=e.cycle,
+                detail=e.detail,
+                now=now,
+            )
+            raised += created
+    stale = [
+        esc.pk
+        for esc in Escalation.objects.filter(
+            subject=item.facts.subject, status=EscalationStatus.OPEN, reason__in=list(SELF_RESOLVING)
+        ).only("pk", "reason", "cycle")
+        if (esc.reason, esc.cycle) not in planned_keys
+    ]
+    if stale:
+        Escalation.objects.filter(pk__in=stale).update(
+            status=EscalationStatus.RESOLVED, resolved_at=now, resolution="No longer applies (recorded in pumptrack)."
+        )
+    return raised
+
+
+def replan_pumps(pump_ids: Iterable[int], now: datetime) -> ReconcileResult:
+    return reconcile_pumps(sorted(set(pump_ids)), now)
+
+
+def plan_all(now: datetime, *, batch_size: int = 500, progress: Any = None) -> ReconcileResult:
+    """The safety-net sweep: re-plan every pump that is active or still has open messages.
+
+    One failing batch is logged and retried pump by pump, so one bad row cannot stop the
+    sweep (STYLE.md anti-patterns); the sweep raises at the end if anything failed.
+    """
+    total = ReconcileResult()
+    active = Pump.objects.filter(status=PumpStatus.ACTIVE).values_list("pk", flat=True)
+    ended_with_open = Message.objects.filter(status__in=OPEN_STATES, pump__isnull=False).exclude(pump__status=PumpStatus.ACTIVE)
+    ids = sorted(set(active) | set(ended_with_open.values_list("pump_id", flat=True).distinct()))
+    failed: list[int] = []
+    for start in range(0, len(ids), batch_size):
+        batch = ids[start : start + batch_size]
+        try:
+            total += reconcile_pumps(batch, now)
+        except Exception:
+            logger.exception("plan_all: batch starting at pump %s failed; retrying one by one", batch[0])
+            for pk in batch:
+                try:
+                    total += reconcile_pumps([pk], now)
+                except Exception:
+                    logger.exception("plan_all: pump %s failed", pk)
+                    failed.append(pk)
+        if progress is not None:
+            progress(len(batch))
+    if failed:
+        raise PlanningFailed(f"{len(failed)} pumps could not be planned: {failed[:20]}")
+    return total
+
+
+class PlanningFailed(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------- escalations
+
+
+def raise_escalation(
+    *,
+    clinic: Clinic,
+    reason: EscalationReason,
+    severity: str,
+    cycle: str,
+    detail: str,
+    now: datetime,
+    pump: Pump | None = None,
+    patient: Patient | None = None,
+) -> tuple[Escalation, bool]:
+    """Open a staff task once per (subject, reason, cycle), and email the clinic about it."""
+    patient = patient or (pump.patient if pump else None)
+    subject = f"pump:{pump.pk}" if pump else f"patient:{patient.pk}" if patient else f"clinic:{clinic.pk}"
+    with transaction.atomic():
+        esc, created = Escalation.objects.get_or_create(
+            subject=subject,
+            reason=reason,
+            cycle=cycle,
+            defaults={
+                "clinic": clinic,
+                "pump": pump,
+                "patient": patient,
+                "severity": severity,
+                "detail": detail,
+                "raised_at": now,
+            },
+        )
+        if created and clinic.escalation_address:
+            who = str(patient) if patient else ""
+            Message.objects.create(
+                clinic=clinic,
+                patient=patient,
+                pump=pump,
+                recipient_key=f"clinic:{clinic.pk}",
+                recipient_kind=RecipientKind.STAFF,
+                channel=Channel.EMAIL,
+                kind=Kind.ESCALATION,
+                subject=f"escalation:{esc.pk}",
+                cycle=cycle,
+                stage="",
+                address=clinic.escalation_address,
+                time_zone=clinic.time_zone,
+                critical=severity == Severity.CRITICAL,
+                context={
+                    "severity": severity,
+                    "reason": str(EscalationReason(reason).label),
+                    "detail": detail,
+                    "patient_label": who,
+                    "pump_label": str(pump) if pump else "",
+                    "admin_url": settings.SITE_URL.rstrip("/") + reverse("admin:notifications_escalation_change", args=[esc.pk]),
+                },
+                due_at=now,
+            )
+    if created:
+        logger.warning("escalation raised: %s %s %s", severity, reason, subject)  # no names: no health data in logs
+    return esc, created
+
+
+def acknowledge_escalation(esc: Escalation, *, by: Any, now: datetime) -> None:
+    Escalation.objects.filter(pk=esc.pk, status=EscalationStatus.OPEN).update(
+        status=EscalationStatus.ACKNOWLEDGED, acknowledged_at=now, acknowledged_by=by
+    )
+
+
+def resolve_escalation(esc: Escalation, *, by: Any, now: datetime, resolution: str = "") -> None:
+    Escalation.objects.filter(pk=esc.pk).exclude(status=EscalationStatus.RESOLVED).update(
+        status=EscalationStatus.RESOLVED, resolved_at=now, resolved_by=by, resolution=resolution
+    )
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def _claim_seconds() -> timedelta:
+    return timedelta(seconds=settings.PUMPTRACK_MESSAGE_CLAIM_SECONDS)
+
+
+def dispatch_due(now: datetime, *, limit: int | None = None) -> list[int]:
+    """Mark planned messages whose moment came as due and pick the ones to send now.
+
+    Returns their ids; the caller queues one send task each once this commits. A message
+    queued but never picked up (a lost task) is queued again after the claim period;
+    a claim that expired (a killed worker) makes its message sendable again.
+    """
+    limit = limit or settings.PUMPTRACK_DISPATCH_BATCH
+    stale = now - _claim_seconds()
+    with transaction.atomic():
+        Message.objects.filter(status=Status.PLANNED, due_at__lte=now).update(status=Status.DUE, updated_at=now)
+        sendable = (
+            Q(status=Status.DUE) & (Q(queued_at=None) | Q(queued_at__lt=stale))
+            | Q(status=Status.FAILED, next_attempt_at__lte=now) & (Q(queued_at__lt=F("next_attempt_at")) | Q(queued_at__lt=stale))
+            | Q(status=Status.SENDING, claim_expires_at__lte=now)
+            & (Q(queued_at__lt=F("claim_expires_at")) | Q(queued_at__lt=stale))
+        )
+        ids = list(
+            Message.objects.select_for_update(skip_locked=True)
+            .filter(sendable)
+            .order_by("-critical", "due_at", "pk")
+            .values_list("pk", flat=True)[:limit]
+        )
+        Message.objects.filter(pk__in=ids).update(queued_at=now)
+    return ids
+
+
+def _claimable(now: datetime) -> Q:
+    return (
+        Q(status=Status.DUE)
+        | Q(status=Status.FAILED, next_attempt_at__lte=now)
+        | Q(status=Status.SENDING, claim_expires_at__lte=now)
+    )
+
+
+def _usable(message: Message) -> str:
+    """Why this message must not go out now ("" if it may)."""
+    if ContactBlock.objects.filter(channel=message.channel, address=message.address, lifted_at=None).exists():
+        return "Contact blocked (opted out or failing)"
+    if message.recipient_kind == RecipientKind.PATIENT and message.patient is not None:
+        if message.channel == Channel.EMAIL and not message.patient.contact_by_email:
+            return "Patient prefers no email"
+        if message.channel == Channel.SMS and not message.patient.contact_by_sms:
+            return "Patient prefers no SMS"
+    return ""
+
+
+def _day_bounds(now: datetime, tz_name: str) -> tuple[datetime, datetime]:
+    tz = zoneinfo.ZoneInfo(tz_name)
+    day = now.astimezone(tz).date()
+    return datetime.combine(day, time(0), tzinfo=tz), datetime.combine(day + timedelta(days=1), time(0), tzinfo=tz)
+
+
+def _capped(message: Message, now: datetime) -> datetime | None:
+    """The moment a non-critical SMS must wait for, if one already went to this recipient today.
+
+    At most one non-critical SMS per recipient per local day (DESIGN.md "Messages").
+    The caller holds the patient's row lock, so two workers cannot both pass this check.
+    """
+    if message.channel != Channel.SMS or message.critical or message.recipient_kind == RecipientKind.STAFF:
+        return None
+    start, end = _day_bounds(now, message.time_zone)
+    others = Message.objects.filter(
+        recipient_key=message.recipient_key,
+        channel=Channel.SMS,
+        critical=False,
+        status__in=[Status.SENDING, Status.SENT, Status.DELIVERED],
+        claimed_at__gte=start,
+        claimed_at__lt=end,
+    ).exclude(pk=message.pk)
+    if not others.exists():
+        return None
+    clinic = message.clinic
+    tomorrow = end.astimezone(zoneinfo.ZoneInfo(message.time_zone)).date()
+    return planning.out_of_quiet_hours(
+        planning.at_local(tomorrow, clinic.reminder_time, message.time_zone),
+        message.time_zone,
+        clinic.quiet_hours_start,
+        clinic.quiet_hours_end,
+    )
+
+
+@dataclass(frozen=True)
+class SendResult:
+    outcome: str
+    detail: str = ""
+
+
+def send_message(pk: int, now: datetime, *, worker: str = "") -> SendResult:
+    """Claim one message, send it once, record the attempt and its outcome."""
+    with transaction.atomic():
+        claimed = (
+            Message.objects.filter(_claimable(now), pk=pk).update(
+                status=Status.SENDING,
+                claimed_at=now,
+                claim_expires_at=now + _claim_seconds(),
+                attempt_count=F("attempt_count") + 1,
+                updated_at=now,
+            )
+            == 1
+        )
+        if not claimed:
+            return SendResult("not_claimed")
+        message = Message.objects.select_related("clinic", "patient", "pump__model", "caregiver").get(pk=pk)
+        if message.patient_id is not None:
+            Patient.objects.select_for_update().filter(pk=message.patient_id).exists()  # the SMS-cap lock
+        why_not = _usable(message)
+        if why_not:
+            Message.objects.filter(pk=pk).update(status=Status.SUPPRESSED, status_reason=why_not, updated_at=now)
+            Attempt.objects.create(
+                message=message, started_at=now, finished_at=now, outcome=AttemptOutcome.SUPPRESSED, error=why_not, worker=worker
+            )
+            return SendResult("suppressed", why_not)
+        later = _capped(message, now)
+        if later is not None:
+            Message.objects.filter(pk=pk).update(
+                status=Status.PLANNED,
+                status_reason="Deferred: one non-critical SMS a day",
+                due_at=later,
+                queued_at=None,
+                attempt_count=F("attempt_count") - 1,
+                updated_at=now,
+            )
+            Attempt.objects.create(
+                message=message, started_at=now, finished_at=now, outcome=AttemptOutcome.DEFERRED, worker=worker
+            )
+            return SendResult("deferred", later.isoformat())
+        out = render(message)
+        attempt = Attempt.objects.create(message=message, started_at=now, worker=worker)
+    # The claim and the in-flight attempt are committed before the network call.
+    try:
+        provider_id = transport_for(message.channel).send(out)
+    except TransportError as exc:
+        return _failed(message, attempt, exc, now)
+    with transaction.atomic():
+        Message.objects.filter(pk=pk, status=Status.SENDING, claimed_at=now).update(
+            status=Status.SENT,
+            status_reason="",
+            sent_at=now,
+            provider_id=provider_id,
+            rendered_subject=out.subject[:255],
+            rendered_body=out.text,
+            updated_at=now,
+        )
+        Attempt.objects.filter(pk=attempt.pk).update(finished_at=now, outcome=AttemptOutcome.SENT, provider_id=provider_id)
+    return SendResult("sent", provider_id)
+
+
+def _failed(message: Message, attempt: Attempt, exc: TransportError, now: datetime) -> SendResult:
+    delays = settings.PUMPTRACK_MESSAGE_RETRY_DELAYS
+    permanent = exc.permanent or message.attempt_count > len(delays)
+    with transaction.atomic():
+        Attempt.objects.filter(pk=attempt.pk).update(
+            finished_at=now,
+            outcome=AttemptOutcome.PERMANENT_FAILURE if exc.permanent else AttemptOutcome.TRANSIENT_FAILURE,
+            error=str(exc)[:2000],
+        )
+        if not permanent:
+            Message.objects.filter(pk=message.pk, status=Status.SENDING, claimed_at=now).update(
+                status=Status.FAILED,
+                status_reason=str(exc)[:200],
+                next_attempt_at=now + timedelta(seconds=delays[message.attempt_count - 1]),
+                updated_at=now,
+            )
+            return SendResult("retry", str(exc))
+        Message.objects.filter(pk=message.pk, status=Status.SENDING, claimed_at=now).update(
+            status=Status.FAILED_PERMANENTLY, status_reason=str(exc)[:200], updated_at=now
+        )
+        _delivery_failed(message, str(exc), now, disable_contact=exc.permanent)
+    return SendResult("failed_permanently", str(exc))
+
+
+def _delivery_failed(message: Message, error: str, now: datetime, *, disable_contact: bool) -> None:
+    """A message that cannot be delivered: disable a dead contact and tell a person."""
+    if message.recipient_kind == RecipientKind.STAFF:
+        logger.error("escalation email %s to the clinic failed: %s", message.pk, error)
+        return
+    if disable_contact:
+        block_contact(
+            message.channel,
+            message.address,
+            reason=BlockReason.BOUNCED if message.channel == Channel.EMAIL else BlockReason.INVALID,
+            method=BlockMethod.PROVIDER,
+            detail=error[:300],
+            now=now,
+        )
+    raise_escalation(
+        clinic=message.clinic,
+        pump=message.pump,
+        patient=message.patient,
+        reason=EscalationReason.DELIVERY_FAILED,
+        severity=Severity.CRITICAL if message.critical else Severity.WARNING,
+        cycle=f"message:{message.pk}",
+        detail=f"{message.get_kind_display()} by {message.get_channel_display()} to {message.address} "
+        f"could not be delivered: {error}. Contact the patient another way and correct the contact details.",
+        now=now,
+    )
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def unsubscribe_token(channel: str, address: str) -> str:
+    return signing.dumps({"c": channel, "a": address}, salt=UNSUBSCRIBE_SALT, compress=True)
+
+
+def read_unsubscribe_token(token: str) -> tuple[str, str]:
+    """(channel, address); raises signing.BadSignature if forged."""
+    data = signing.loads(token, salt=UNSUBSCRIBE_SALT)
+    return str(data["c"]), str(data["a"])
+
+
+def unsubscribe_url(channel: str, address: str) -> str:
+    return settings.SITE_URL.rstrip("/") + reverse("notifications:unsubscribe", args=[unsubscribe_token(channel, address)])
+
+
+def render(message: Message) -> Outgoing:
+    if message.kind == Kind.ESCALATION:
+        ctx = message.context
+        text = content.compose_escalation(ctx.get("severity", ""), ctx.get("reason", ""), ctx.get("detail", ""), ctx)
+        return Outgoing(message.pk, message.address, text.subject, "\n\n".join(text.paragraphs))
+    text = content.compose(message.kind, message.language, message.context, message.time_zone)
+    if message.channel == Channel.SMS:
+        return Outgoing(
+            message.pk,
+            message.address,
+            "",
+            text.sms,
+            status_callback=settings.SITE_URL.rstrip("/") + reverse("notifications:twilio-status"),
+        )
+    link = unsubscribe_url(Channel.EMAIL, message.address)
+    ctx = {
+        "text": text,
+        "unsubscribe_url": link,
+        "language": message.language,
+        "clinic_name": message.context.get("clinic_name", ""),
+    }
+    return Outgoing(
+        message.pk,
+        message.address,
+        text.subject,
+        render_to_string("notifications/email.txt", ctx),
+        html=render_to_string("notifications/email.html", ctx),
+        headers={"List-Unsubscribe": f"<{link}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
+    )
+
+
+# --------------------------------------------------------------------------- contacts
+
+
+def _people_at(channel: str, address: str) -> tuple[QuerySet[Patient], QuerySet[Caregiver]]:
+    field = "email" if channel == Channel.EMAIL else "phone"
+    return (
+        Patient.objects.filter(**{field: address}).select_related("clinic"),
+        Caregiver.objects.filter(**{field: address}).select_related("patient__clinic"),
+    )
+
+
+def _pumps_of(patients: Iterable[Patient]) -> list[int]:
+    return list(Pump.objects.filter(patient__in=list(patients)).values_list("pk", flat=True))
+
+
+def block_contact(
+    channel: str, address: str, *, reason: str, method: str, now: datetime, keyword: str = "", detail: str = ""
+) -> ContactBlock | None:
+    """Stop using an address; tell staff at once, because silence is not safe (DESIGN.md)."""
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                block = ContactBlock.objects.create(
+                    channel=channel, address=address, reason=reason, method=method, keyword=keyword, detail=detail, created_at=now
+                )
+        except IntegrityError:
+            return None  # already blocked
+        patients, caregivers = _people_at(channel, address)
+        affected = {p.pk: p for p in patients} | {c.patient.pk: c.patient for c in caregivers}
+        label = BlockReason(reason).label
+        for patient in affected.values():
+            raise_escalation(
+                clinic=patient.clinic,
+                patient=patient,
+                reason=EscalationReason.OPTED_OUT if reason == BlockReason.OPTED_OUT else EscalationReason.DELIVERY_FAILED,
+                severity=Severity.WARNING,
+                cycle=f"block:{block.pk}",
+                detail=f"{label} on {channel} ({address}) via {BlockMethod(method).label.lower()}"
+                + (f" '{keyword}'" if keyword else "")
+                + ". Reminders and warnings on this channel stop: make sure the patient is reached another way.",
+                now=now,
+            )
+        pump_ids = _pumps_of(affected.values())
+    replan_on_commit(pump_ids)
+    return block
+
+
+def lift_block(channel: str, address: str, *, method: str, now: datetime) -> bool:
+    with transaction.atomic():
+        lifted = (
+            ContactBlock.objects.filter(channel=channel, address=address, lifted_at=None).update(
+                lifted_at=now, lifted_method=method
+            )
+            > 0
+        )
+        patients, caregivers = _people_at(channel, address)
+        pump_ids = _pumps_of({*patients, *(c.patient for c in caregivers)})
+    replan_on_commit(pump_ids)
+    return lifted
+
+
+def replan_on_commit(pump_ids: Sequence[int]) -> None:
+    from pumps.services import announce_change
+
+    if pump_ids:
+        announce_change(pump_ids)
+
+
+# SMS keywords (CTIA / Twilio Advanced Opt-Out defaults).
+STOP_WORDS = frozenset({"STOP", "STOPALL", "QUIT", "END", "REVOKE", "OPT OUT", "OPTOUT", "CANCEL", "UNSUBSCRIBE"})
+START_WORDS = frozenset({"START", "UNSTOP", "YES"})
+HELP_WORDS = frozenset({"HELP", "INFO"})
+
+
+def handle_inbound_sms(from_number: str, body: str, now: datetime) -> str:
+    """Record an opt-out, a re-subscription or answer HELP; returns the reply ("" for none)."""
+    word = " ".join(body.strip().upper().split())
+    patients, caregivers = _people_at(Channel.SMS, from_number)
+    clinic = next(iter([p.clinic for p in patients] + [c.patient.clinic for c in caregivers]), None)
+    phone = str(clinic.phone) if clinic and clinic.phone else ""
+    name = clinic.name if clinic else "pumptrack"
+    if word in STOP_WORDS:
+        block_contact(
+            Channel.SMS, from_number, reason=BlockReason.OPTED_OUT, method=BlockMethod.SMS_KEYWORD, keyword=word, now=now
+        )
+        return f"{name}: you will get no more texts. Reply START to resubscribe." + (f" Clinic: {phone}" if phone else "")
+    if word in START_WORDS:
+        lift_block(Channel.SMS, from_number, method=BlockMethod.SMS_KEYWORD, now=now)
+        return f"{name}: texts about your pump are back on. Reply STOP to stop."
+    if word in HELP_WORDS:
+        return (
+            f"{name}: pump refill reminders."
+            + (f" Call {phone}." if phone else "")
+            + " Reply STOP to stop. In an emergency call your local emergency number."
+        )
+    return ""
+
+
+def record_delivery_status(provider_id: str, status: str, error_code: str, now: datetime) -> bool:
+    """Twilio's status callback: delivered, or failed/undelivered (clinical urgency decides the rest)."""
+    message = Message.objects.select_related("clinic", "patient", "pump").filter(provider_id=provider_id).first()
+    if message is None:
+        return False
+    if status == "delivered":
+        Message.objects.filter(pk=message.pk, status=Status.SENT).update(
+            status=Status.DELIVERED, delivered_at=now, updated_at=now
+        )
+    elif status in ("failed", "undelivered"):
+        with transaction.atomic():
+            changed = Message.objects.filter(pk=message.pk, status__in=[Status.SENT, Status.DELIVERED]).update(
+                status=Status.FAILED_PERMANENTLY, status_reason=f"Provider reports {status} (error {error_code})", updated_at=now
+            )
+            if changed:
+                # 30003-30006: unreachable, blocked, unknown or landline number: the contact is dead.
+                dead = error_code in {"30003", "30004", "30005", "30006"}
+                _delivery_failed(message, f"provider reports {status}, error {error_code}", now, disable_contact=dead)
+    return True
+
+
+# --------------------------------------------------------------------------- heartbeat
+
+
+SWEEPS = {"plan": 15 * 60, "dispatch": 60}
+
+
+def beat(name: str, now: datetime, detail: str = "") -> None:
+    Heartbeat.objects.update_or_create(
+        name=name, defaults={"finished_at": now, "interval_seconds": SWEEPS[name], "detail": detail[:300]}
+    )
+
+
+def stale_sweeps(now: datetime) -> list[str]:
+    """Sweeps that have not finished within twice their interval (or never ran)."""
+    seen = {h.name: h for h in Heartbeat.objects.filter(name__in=list(SWEEPS))}
+    problems = []
+    for name, interval in SWEEPS.items():
+        h = seen.get(name)
+        if h is None:
+            problems.append(f"{name} sweep has never run")
+        elif now - h.finished_at > timedelta(seconds=2 * interval):
+            problems.append(f"{name} sweep last finished {h.finished_at:%Y-%m-%d %H:%M:%S} UTC")
+    return problems

@@ -1,0 +1,45 @@
+"""Celery tasks for messages: thin faces over `notifications.services` (STYLE.md §8).
+
+IDs in, one service call, JSON arguments, `acks_late`; send tasks are queued only after
+the dispatch sweep's transaction commits.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from celery import shared_task
+from django.utils import timezone
+
+from notifications import services
+
+WORKER = socket.gethostname()
+
+
+@shared_task(acks_late=True)
+def plan_sweep() -> dict[str, int]:
+    """Every 15 minutes: re-plan every pump and raise due escalations (the safety net)."""
+    now = timezone.now()
+    result = services.plan_all(now)
+    services.beat("plan", timezone.now(), f"created {result.created}, cancelled {result.cancelled}")
+    return result.__dict__
+
+
+@shared_task(acks_late=True)
+def dispatch_sweep() -> int:
+    """Every minute: queue one send task per message that is due."""
+    ids = services.dispatch_due(timezone.now())
+    for pk in ids:
+        send_message.delay(pk)
+    services.beat("dispatch", timezone.now(), f"queued {len(ids)}")
+    return len(ids)
+
+
+@shared_task(acks_late=True)
+def send_message(message_id: int) -> str:
+    return services.send_message(message_id, timezone.now(), worker=WORKER).outcome
+
+
+@shared_task(acks_late=True)
+def replan_pumps(pump_ids: list[int]) -> dict[str, int]:
+    return services.replan_pumps(pump_ids, timezone.now()).__dict__
