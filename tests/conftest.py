@@ -195,7 +195,14 @@ def celery_worker_process(django_db_setup: None, tmp_path_factory: pytest.TempPa
     # take the tests' tasks (toolchain.md §6 #9).
     queue = f"pytest-{uuid.uuid4().hex[:8]}"
     log = tmp_path_factory.mktemp("celery") / "worker.log"
-    env = dict(os.environ, DATABASE_URL=_database_url(db), DJANGO_SETTINGS_MODULE="pumptrack.settings", PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        DATABASE_URL=_database_url(db),
+        DJANGO_SETTINGS_MODULE="pumptrack.settings",
+        PYTHONUNBUFFERED="1",
+        # Tasks the worker queues itself (a dispatch sweep's sends) stay on its queue.
+        CELERY_TASK_DEFAULT_QUEUE=queue,
+    )
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [
