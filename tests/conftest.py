@@ -169,14 +169,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(10)
 
 
-@pytest.fixture(scope="session")
-def celery_worker_process(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    """A real worker process on its own queue, against the test database and Redis.
-
-    Depends on `django_db_setup` so that settings.DATABASES names the test database.
-    Tasks reach it with `task.apply_async(queue=worker.queue)`; the rows they read must be
-    committed, so tests that use it need `django_db(transaction=True)`.
-    """
+def worker_requirements() -> dict[str, Any]:
+    """The test database settings, or a skip naming what is missing for a worker process."""
     from django.conf import settings
 
     broker = str(settings.CELERY_BROKER_URL)
@@ -186,48 +180,85 @@ def celery_worker_process(django_db_setup: None, tmp_path_factory: pytest.TempPa
         )
     if not settings.CELERY_RESULT_BACKEND:
         pytest.skip("needs a result backend to read task results: export CELERY_RESULT_BACKEND=redis://127.0.0.1:6379/1")
-    db = settings.DATABASES["default"]
+    db: dict[str, Any] = settings.DATABASES["default"]
     if db["ENGINE"] != "django.db.backends.postgresql":
         # A SQLite test database lives in memory in this process: another process cannot see it.
         pytest.skip(f"needs PostgreSQL for a worker in another process, not {db['ENGINE']} (export DATABASE_URL=postgres://...)")
+    return db
 
+
+def spawn_worker(
+    log: Path, *, queue: str | None = None, env: dict[str, str] | None = None, concurrency: int = 2
+) -> WorkerProcess:
+    """Start `celery -A pumptrack worker` on its own queue against the test database; wait until ready.
+
+    `env` overrides settings for that process (e.g. EMAIL_PORT of an SMTP sink). The caller
+    stops it with `stop_worker` (warm) or `kill_worker` (SIGKILL, as a crash would).
+    """
+    db = worker_requirements()
     # Own queue and hostname: a dev worker or a stale one on the same Redis would otherwise
     # take the tests' tasks (toolchain.md §6 #9).
-    queue = f"pytest-{uuid.uuid4().hex[:8]}"
-    log = tmp_path_factory.mktemp("celery") / "worker.log"
-    env = dict(
+    queue = queue or f"pytest-{uuid.uuid4().hex[:8]}"
+    full_env = dict(
         os.environ,
         DATABASE_URL=_database_url(db),
         DJANGO_SETTINGS_MODULE="pumptrack.settings",
         PYTHONUNBUFFERED="1",
         # Tasks the worker queues itself (a dispatch sweep's sends) stay on its queue.
         CELERY_TASK_DEFAULT_QUEUE=queue,
+        **(env or {}),
     )
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "celery", "-A", "pumptrack", "worker",
-                "-Q", queue, "--pool=prefork", "--concurrency=2",
-                "--without-mingle", "--without-gossip", "--without-heartbeat",
-                "--loglevel=INFO", f"--hostname={queue}@%h",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group, so teardown reaches every child
-        )  # fmt: skip
-        worker = WorkerProcess(queue=queue, log=log, process=proc)
-        try:
-            deadline = time.monotonic() + 60
-            while " ready." not in worker.log_text():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"celery worker did not start (exit {proc.poll()}):\n{worker.log_text()}")
-                time.sleep(0.1)
-            yield worker
-        finally:
+    out = log.open("ab")
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "celery", "-A", "pumptrack", "worker",
+            "-Q", queue, "--pool=prefork", f"--concurrency={concurrency}",
+            "--without-mingle", "--without-gossip", "--without-heartbeat",
+            "--loglevel=INFO", f"--hostname={queue}-{uuid.uuid4().hex[:4]}@%h",
+        ],
+        cwd=ROOT,
+        env=full_env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group, so teardown reaches every child
+    )  # fmt: skip
+    out.close()
+    worker = WorkerProcess(queue=queue, log=log, process=proc)
+    already = worker.log_text().count(" ready.")
+    deadline = time.monotonic() + 60
+    while worker.log_text().count(" ready.") <= already:
+        if proc.poll() is not None or time.monotonic() > deadline:
             _stop(proc)
+            pytest.fail(f"celery worker did not start (exit {proc.poll()}):\n{worker.log_text()}")
+        time.sleep(0.1)
+    return worker
+
+
+def stop_worker(worker: WorkerProcess) -> None:
+    _stop(worker.process)
+
+
+def kill_worker(worker: WorkerProcess) -> None:
+    """SIGKILL the whole worker (main process and pool children), as a crash or OOM would."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(worker.process.pid, signal.SIGKILL)
+    worker.process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    """A real worker process on its own queue, against the test database and Redis.
+
+    Depends on `django_db_setup` so that settings.DATABASES names the test database.
+    Tasks reach it with `task.apply_async(queue=worker.queue)`; the rows they read must be
+    committed, so tests that use it need `django_db(transaction=True)`.
+    """
+    worker = spawn_worker(tmp_path_factory.mktemp("celery") / "worker.log")
+    try:
+        yield worker
+    finally:
+        stop_worker(worker)
 
 
 # ---------------------------------------------------------------------------- admin tests
