@@ -19,7 +19,7 @@ from typing import Any
 from django.conf import settings
 from django.core import signing
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import F, OuterRef, Q, QuerySet, Subquery
 from django.template.loader import render_to_string
 from django.urls import reverse
 
@@ -90,11 +90,10 @@ def active_blocks(addresses: Iterable[tuple[str, str]]) -> dict[tuple[str, str],
     pairs = {pair for pair in addresses if pair[1]}
     if not pairs:
         return {}
-    query = Q()
-    for channel, address in pairs:
-        query |= Q(channel=channel, address=address)
-    rows = ContactBlock.objects.filter(query, lifted_at=None).values_list("channel", "address", "reason")
-    return {(c, a): str(BlockReason(r).label) for c, a, r in rows}
+    rows = ContactBlock.objects.filter(address__in={a for _, a in pairs}, lifted_at=None).values_list(
+        "channel", "address", "reason"
+    )
+    return {(c, a): str(BlockReason(r).label) for c, a, r in rows if (c, a) in pairs}
 
 
 def contacts_for(patient: Patient, caregivers: Sequence[Caregiver], blocks: dict[tuple[str, str], str]) -> list[planning.Contact]:
@@ -148,19 +147,15 @@ class _Loaded:
 
 def _load(pump_ids: Sequence[int], now: datetime) -> list[_Loaded]:
     """Facts for a batch of pumps in a constant number of queries."""
+    latest = Refill.objects.filter(pump=OuterRef("pk")).order_by("-performed_at", "-pk")
     pumps = list(
         Pump.objects.filter(pk__in=pump_ids)
         .select_related("patient__clinic", "model")
         .prefetch_related("patient__caregivers")
+        # The last fill by the (pump, -performed_at) index, not the whole history.
+        .annotate(last_fill_id=Subquery(latest.values("pk")[:1]), last_fill_at=Subquery(latest.values("performed_at")[:1]))
         .order_by("pk")
     )
-    last_fill: dict[int, tuple[int, datetime]] = {}
-    for pk, pump_id, at in (
-        Refill.objects.filter(pump_id__in=pump_ids)
-        .order_by("pump_id", "-performed_at", "-pk")
-        .values_list("pk", "pump_id", "performed_at")
-    ):
-        last_fill.setdefault(pump_id, (pk, at))
     events: dict[int, list[ClinicalEvent]] = defaultdict(list)
     for event in ClinicalEvent.objects.filter(
         pump_id__in=pump_ids,
@@ -177,7 +172,6 @@ def _load(pump_ids: Sequence[int], now: datetime) -> list[_Loaded]:
     loaded = []
     for pump in pumps:
         patient, clinic = pump.patient, pump.patient.clinic
-        fill = last_fill.get(pump.pk)
         pump_events = events[pump.pk]
         checks = [e.occurred_at for e in pump_events if e.kind == EventKind.POST_MRI_CHECK]
         done = [e for e in pump_events if e.kind == EventKind.MRI_DONE]
@@ -204,8 +198,8 @@ def _load(pump_ids: Sequence[int], now: datetime) -> list[_Loaded]:
             implanted_at=pump.implanted_at,
             refill_by=pump.refill_by,
             alarm_on=pump.alarm_on,
-            last_fill_id=fill[0] if fill else None,
-            last_fill_at=fill[1] if fill else None,
+            last_fill_id=pump.last_fill_id,
+            last_fill_at=pump.last_fill_at,
             high_risk=patient.high_risk,
             mri_rule=pump.model.mri_rule,
             end_of_service_on=pump.estimated_end_of_service_on,
@@ -284,6 +278,10 @@ def reconcile_pumps(pump_ids: Sequence[int], now: datetime) -> ReconcileResult:
             _identity(m): m
             for m in Message.objects.filter(subject__in=subjects, status__in=OPEN_STATES).exclude(kind=Kind.ESCALATION)
         }
+        existing = {
+            (e.subject, e.reason, e.cycle): e
+            for e in Escalation.objects.filter(subject__in=subjects).only("pk", "subject", "reason", "cycle", "status")
+        }
         to_create: list[Message] = []
         to_update: list[Message] = []
         wanted: set[tuple[str, ...]] = set()
@@ -296,7 +294,7 @@ def reconcile_pumps(pump_ids: Sequence[int], now: datetime) -> ReconcileResult:
                     to_create.append(_new_row(item.pump, p))
                 elif _refresh(row, p, now):
                     to_update.append(row)
-            result.escalations += _sync_escalations(item, the_plan, now)
+            result.escalations += _sync_escalations(item, the_plan, existing, now)
         if to_create:
             # A concurrent planner may have inserted the same identities: the unique
             # constraint keeps one, and this insert skips it.
@@ -346,11 +344,15 @@ def _refresh(row: Message, p: planning.PlannedMessage, now: datetime) -> bool:
     return before != after
 
 
-def _sync_escalations(item: _Loaded, the_plan: planning.Plan, now: datetime) -> int:
+def _sync_escalations(
+    item: _Loaded, the_plan: planning.Plan, existing: dict[tuple[str, str, str], Escalation], now: datetime
+) -> int:
+    """Raise the plan's due escalations that do not exist yet; close open ones that no longer apply."""
     raised = 0
+    subject = item.facts.subject
     planned_keys = {(e.reason.value, e.cycle) for e in the_plan.escalations}
     for e in the_plan.escalations:
-        if e.due_at <= now:
+        if e.due_at <= now and (subject, e.reason.value, e.cycle) not in existing:
             _, created = raise_escalation(
                 clinic=item.pump.patient.clinic,
                 pump=item.pump,
@@ -363,13 +365,14 @@ def _sync_escalations(item: _Loaded, the_plan: planning.Plan, now: datetime) -> 
             raised += created
     stale = [
         esc.pk
-        for esc in Escalation.objects.filter(
-            subject=item.facts.subject, status=EscalationStatus.OPEN, reason__in=list(SELF_RESOLVING)
-        ).only("pk", "reason", "cycle")
-        if (esc.reason, esc.cycle) not in planned_keys
+        for (subj, reason, cycle), esc in existing.items()
+        if subj == subject
+        and esc.status == EscalationStatus.OPEN
+        and reason in SELF_RESOLVING
+        and (reason, cycle) not in planned_keys
     ]
     if stale:
-        Escalation.objects.filter(pk__in=stale).update(
+        Escalation.objects.filter(pk__in=stale, status=EscalationStatus.OPEN).update(
             status=EscalationStatus.RESOLVED, resolved_at=now, resolution="No longer applies (recorded in pumptrack)."
         )
     return raised
@@ -598,8 +601,9 @@ def send_message(pk: int, now: datetime, *, worker: str = "") -> SendResult:
         if not claimed:
             return SendResult("not_claimed")
         message = Message.objects.select_related("clinic", "patient", "pump__model", "caregiver").get(pk=pk)
-        if message.patient_id is not None:
-            Patient.objects.select_for_update().filter(pk=message.patient_id).exists()  # the SMS-cap lock
+        if message.channel == Channel.SMS and not message.critical and message.patient_id is not None:
+            # The SMS-cap lock: a second worker sending to this patient waits here, then sees this claim.
+            list(Patient.objects.select_for_update().filter(pk=message.patient_id).values_list("pk", flat=True))
         why_not = _usable(message)
         if why_not:
             Message.objects.filter(pk=pk).update(status=Status.SUPPRESSED, status_reason=why_not, updated_at=now)
