@@ -241,6 +241,7 @@ def _add(
     cycle: str,
     stage: str,
     moment: datetime | None,
+    now: datetime,
     *,
     to_caregivers: bool = False,
     extra: dict[str, Any] | None = None,
@@ -258,7 +259,11 @@ def _add(
         due = moment if moment is not None else at_local(on, at, contact.time_zone)  # type: ignore[arg-type]
         if not critical:
             # Quiet hours are the recipient's (DESIGN.md "Messages").
-            due = out_of_quiet_hours(due, contact.time_zone, policy.quiet_hours_start, policy.quiet_hours_end)
+            quiet = (contact.time_zone, policy.quiet_hours_start, policy.quiet_hours_end)
+            due = out_of_quiet_hours(due, *quiet)
+            if due < now and in_quiet_hours(now, *quiet):
+                # A moment already past (a catch-up) would go out at once: not in their night.
+                due = out_of_quiet_hours(now, *quiet)
         for channel, address, blocked in contact.channels():
             result.messages.append(
                 PlannedMessage(
@@ -295,26 +300,29 @@ def _refill_messages(result: Plan, facts: PumpFacts, policy: Policy, contacts: l
     extra = {"refill_by": facts.refill_by.isoformat(), "alarm_on": facts.alarm_on.isoformat() if facts.alarm_on else ""}
     today = local_date(now, policy.time_zone)
     if today <= facts.refill_by:
-        # The latest stage already passed (a catch-up) and every stage still to come.
         stages = reminder_stages(policy, facts.high_risk)
-        moments = {n: at_local(facts.refill_by - timedelta(days=n), policy.reminder_time, policy.time_zone) for n in stages}
-        past = [n for n in stages if moments[n] <= now]
-        keep = [n for n in stages if moments[n] > now] + past[-1:]
-        for n in keep:
-            _add(
-                result,
-                facts,
-                policy,
-                contacts,
-                Kind.REFILL_REMINDER,
-                cycle,
-                f"d{n}",
-                None,
-                on=facts.refill_by - timedelta(days=n),
-                at=policy.reminder_time,
-                to_caregivers=facts.high_risk,  # R12: caregivers of high-risk patients
-                extra={**extra, "days_left": n},
-            )
+        for contact in contacts:
+            # The latest stage already passed (a catch-up) and every stage still to come,
+            # judged at the moments this recipient gets them (their zone, not the clinic's).
+            moments = {n: at_local(facts.refill_by - timedelta(days=n), policy.reminder_time, contact.time_zone) for n in stages}
+            past = [n for n in stages if moments[n] <= now]
+            keep = [n for n in stages if moments[n] > now] + past[-1:]
+            for n in keep:
+                _add(
+                    result,
+                    facts,
+                    policy,
+                    [contact],
+                    Kind.REFILL_REMINDER,
+                    cycle,
+                    f"d{n}",
+                    None,
+                    now,
+                    on=facts.refill_by - timedelta(days=n),
+                    at=policy.reminder_time,
+                    to_caregivers=facts.high_risk,  # R12: caregivers of high-risk patients
+                    extra={**extra, "days_left": n},
+                )
     else:
         # Overdue: one message a day while no refill is recorded (today's only).
         _add(
@@ -326,6 +334,7 @@ def _refill_messages(result: Plan, facts: PumpFacts, policy: Policy, contacts: l
             cycle,
             f"overdue:{today.isoformat()}",
             None,
+            now,
             on=today,
             at=policy.reminder_time,
             extra={**extra, "days_overdue": (today - facts.refill_by).days},
@@ -337,26 +346,50 @@ def _safety_messages(result: Plan, facts: PumpFacts, policy: Policy, contacts: l
     implant = facts.implanted_at
     if implant >= recent:
         for kind in (Kind.WITHDRAWAL_WARNING, Kind.HEAT_WARNING, Kind.ALCOHOL_WARNING, Kind.MRI_WARNING):
-            _add(result, facts, policy, contacts, kind, "implant", "", implant)
+            _add(result, facts, policy, contacts, kind, "implant", "", implant, now)
     # §6.1 #75-#81: withdrawal signs and "never miss a refill" after each refill.
     fill_at = facts.last_fill_at
     # The initial fill belongs to the implant's warnings.
     if fill_at is not None and facts.last_fill_id is not None and fill_at >= recent and fill_at > implant + timedelta(hours=12):
-        _add(result, facts, policy, contacts, Kind.WITHDRAWAL_WARNING, f"refill:{facts.last_fill_id}", "", fill_at)
+        _add(result, facts, policy, contacts, Kind.WITHDRAWAL_WARNING, f"refill:{facts.last_fill_id}", "", fill_at, now)
     # §7.2 #89: heat, at the start of the clinic's heat season each year.
     for year in (local_date(now, policy.time_zone).year, local_date(now, policy.time_zone).year + 1):
         season = date(year, policy.heat_season_month, policy.heat_season_day)
         start = at_local(season, policy.reminder_time, policy.time_zone)
         if start >= recent and start > implant:
-            _add(result, facts, policy, contacts, Kind.HEAT_WARNING, f"heat:{year}", "", None, on=season, at=policy.reminder_time)
+            _add(
+                result,
+                facts,
+                policy,
+                contacts,
+                Kind.HEAT_WARNING,
+                f"heat:{year}",
+                "",
+                None,
+                now,
+                on=season,
+                at=policy.reminder_time,
+            )
             break
-    # §7.3 #90: alcohol, every N months after implant.
+    # §7.3 #90: alcohol, every N months after implant (0 would never leave the loop).
     implant_day = local_date(implant, policy.time_zone)
     k = 1
-    while True:
+    while policy.alcohol_reminder_months > 0:
         on = add_months(implant_day, k * policy.alcohol_reminder_months)
         if at_local(on, policy.reminder_time, policy.time_zone) >= recent:
-            _add(result, facts, policy, contacts, Kind.ALCOHOL_WARNING, f"alcohol:{k}", "", None, on=on, at=policy.reminder_time)
+            _add(
+                result,
+                facts,
+                policy,
+                contacts,
+                Kind.ALCOHOL_WARNING,
+                f"alcohol:{k}",
+                "",
+                None,
+                now,
+                on=on,
+                at=policy.reminder_time,
+            )
             break
         k += 1
     # §7.4 #91-#95: MRI rules for this model, whenever an MRI is planned.
@@ -371,6 +404,7 @@ def _safety_messages(result: Plan, facts: PumpFacts, policy: Policy, contacts: l
                 f"mri:{scan.event_id}",
                 "",
                 scan.recorded_at,
+                now,
                 extra={"scan_at": scan.at.isoformat()},
             )
 
