@@ -296,6 +296,9 @@ def reconcile_pumps(pump_ids: Sequence[int], now: datetime) -> ReconcileResult:
                     to_update.append(row)
             result.escalations += _sync_escalations(item, the_plan, existing, now)
         if to_create:
+            to_create, reopened = _reopen_cancelled(to_create, now)
+            result.updated += reopened
+        if to_create:
             # A concurrent planner may have inserted the same identities: the unique
             # constraint keeps one, and this insert skips it.
             result.created = len(Message.objects.bulk_create(to_create, ignore_conflicts=True, batch_size=1000))
@@ -314,13 +317,43 @@ def reconcile_pumps(pump_ids: Sequence[int], now: datetime) -> ReconcileResult:
             for row in to_update:
                 row.updated_at = now
             Message.objects.bulk_update(to_update, fields, batch_size=1000)
-            result.updated = len(to_update)
+            result.updated += len(to_update)
         obsolete = [m.pk for key, m in open_rows.items() if key not in wanted]
         if obsolete:
             result.cancelled = Message.objects.filter(pk__in=obsolete, status__in=OPEN_STATES).update(
                 status=Status.CANCELLED, status_reason="No longer planned (refill, dose change, or pump ended)", updated_at=now
             )
     return result
+
+
+def _reopen_cancelled(rows: list[Message], now: datetime) -> tuple[list[Message], int]:
+    """Reopen cancelled messages that are planned again; returns the rows still to insert.
+
+    A dose change undone or an address restored plans an identity that was cancelled: its
+    unique identity would make the insert skip it, and the message would never go.
+    """
+    cancelled = {
+        _identity(m): m
+        for m in Message.objects.filter(subject__in={r.subject for r in rows}, status=Status.CANCELLED).exclude(
+            kind=Kind.ESCALATION
+        )
+    }
+    fresh, reopened = [], []
+    for row in rows:
+        old = cancelled.get(_identity(row))
+        if old is None:
+            fresh.append(row)
+            continue
+        for name in ("address", "language", "time_zone", "critical", "context", "status", "status_reason", "due_at"):
+            setattr(old, name, getattr(row, name))
+        old.queued_at = old.claimed_at = old.claim_expires_at = old.next_attempt_at = None
+        old.attempt_count, old.updated_at = 0, now
+        reopened.append(old)
+    if reopened:
+        fields = ["address", "language", "time_zone", "critical", "context", "status", "status_reason", "due_at"]
+        fields += ["queued_at", "claimed_at", "claim_expires_at", "next_attempt_at", "attempt_count", "updated_at"]
+        Message.objects.bulk_update(reopened, fields, batch_size=1000)
+    return fresh, len(reopened)
 
 
 def _refresh(row: Message, p: planning.PlannedMessage, now: datetime) -> bool:
@@ -632,6 +665,11 @@ def send_message(pk: int, now: datetime, *, worker: str = "") -> SendResult:
         provider_id = transport_for(message.channel).send(out)
     except TransportError as exc:
         return _failed(message, attempt, exc, now)
+    except Exception as exc:
+        # A bug in a backend: record it and retry like a transient failure (then escalate),
+        # rather than leave the row in SENDING to be reclaimed forever; re-raised to be seen.
+        _failed(message, attempt, TransportError(f"unexpected error: {exc!r}"), now)
+        raise
     with transaction.atomic():
         Message.objects.filter(pk=pk, status=Status.SENDING, claimed_at=now).update(
             status=Status.SENT,
