@@ -85,6 +85,18 @@ class ConsoleSmsBackend(SmsBackend):
 # Twilio error codes that no retry can fix (twilio.com/docs/api/errors): invalid or
 # non-mobile number, recipient unsubscribed (STOP), unreachable country.
 TWILIO_PERMANENT_CODES = frozenset({21211, 21214, 21217, 21219, 21401, 21407, 21408, 21421, 21610, 21612, 21614})
+# Statuses that blame our account or configuration, not the number: bad credentials (401,
+# 20003), a suspended account (403), a wrong account SID or base URL (404), rate limits
+# (429). Calling them permanent would block every patient's phone number until staff
+# lifted each block; retried, they end in an escalation once the retries run out.
+TWILIO_ACCOUNT_STATUSES = frozenset({401, 403, 404, 429})
+
+
+def twilio_error_is_permanent(status: int, code: int | None) -> bool:
+    """True when the recipient's number is at fault and no retry can help."""
+    if code in TWILIO_PERMANENT_CODES:
+        return True
+    return 400 <= status < 500 and status not in TWILIO_ACCOUNT_STATUSES
 
 
 class TwilioSmsBackend(SmsBackend):
@@ -103,7 +115,7 @@ class TwilioSmsBackend(SmsBackend):
             self.client.api.base_url = settings.TWILIO_API_BASE_URL
 
     def send(self, out: Outgoing) -> str:
-        from twilio.base.exceptions import TwilioException, TwilioRestException
+        from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
 
         options: dict[str, str] = {"to": out.address, "body": out.text}
         if settings.TWILIO_MESSAGING_SERVICE_SID:
@@ -115,8 +127,11 @@ class TwilioSmsBackend(SmsBackend):
         try:
             created = self.client.messages.create(**options)
         except TwilioRestException as exc:
-            permanent = exc.code in TWILIO_PERMANENT_CODES or (400 <= exc.status < 500 and exc.status != 429)
+            permanent = twilio_error_is_permanent(exc.status, exc.code)
             raise TransportError(f"Twilio {exc.status} code {exc.code}: {exc.msg}", permanent=permanent) from exc
+        except TwilioServiceException as exc:  # the RFC 9457 error shape newer Twilio APIs answer with
+            permanent = twilio_error_is_permanent(exc.status, exc.code)
+            raise TransportError(f"Twilio {exc.status} code {exc.code}: {exc.title}", permanent=permanent) from exc
         except (TwilioException, OSError) as exc:
             raise TransportError(f"Twilio unavailable: {exc}") from exc
         return str(created.sid)
