@@ -11,6 +11,7 @@ from patients.access import is_clinician
 from patients.models import ORIGIN_BY_DIAGNOSIS, Caregiver, Clinic, Membership, Patient
 from patients.scoped_admin import ClinicScopedAdmin, ScopedInline
 from pumps import services as pump_services
+from pumps.models import Pump
 
 admin.site.site_header = "pumptrack"
 admin.site.site_title = "pumptrack"
@@ -31,6 +32,21 @@ class MembershipInline(admin.TabularInline):
     has_add_permission = has_change_permission = has_delete_permission = _superuser
 
 
+# The clinic's message policy (DESIGN.md "Messages"; defaults on the model).
+MESSAGE_POLICY_FIELDS = [
+    "reminder_days",
+    "high_risk_extra_reminder_days",
+    "reminder_time",
+    ("quiet_hours_start", "quiet_hours_end"),
+    "escalation_time",
+    ("heat_season_month", "heat_season_day"),
+    "alcohol_reminder_months",
+    "battery_planning_months",
+    "post_mri_check_hours",
+    "notification_email",
+]
+
+
 @admin.register(Clinic)
 class ClinicAdmin(ClinicScopedAdmin):
     clinic_lookup = ""
@@ -47,7 +63,23 @@ class ClinicAdmin(ClinicScopedAdmin):
                 "(fill + 180 days). Intervals may not exceed the 180-day drug-stability ceiling.",
             },
         ),
+        (
+            "Messages",
+            {
+                "fields": MESSAGE_POLICY_FIELDS,
+                "description": "Reminders, safety warnings and staff escalations. Times are local: the recipient's "
+                "for patients and caregivers, the clinic's for escalations. Saving a change re-plans the clinic's "
+                "pending messages.",
+            },
+        ),
     ]
+
+    # What a message's moment or text depends on (time_zone re-plans through recompute_clinic).
+    REPLAN_FIELDS = (
+        *(f for entry in MESSAGE_POLICY_FIELDS for f in (entry if isinstance(entry, tuple) else (entry,))),
+        "name",
+        "phone",
+    )
 
     def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
         return bool(request.user.is_superuser)
@@ -59,6 +91,12 @@ class ClinicAdmin(ClinicScopedAdmin):
         ):
             count = pump_services.recompute_clinic(obj)
             self.message_user(request, f"Refill-by dates recomputed for {count} active pump(s).")
+        if change and set(self.REPLAN_FIELDS) & set(form.changed_data):
+            # Messages carry the policy's moments and the clinic's name and phone: re-plan
+            # every pump once this save commits (pending messages only; sent ones stay).
+            ids = list(Pump.objects.filter(patient__clinic=obj).values_list("pk", flat=True))
+            pump_services.announce_change(ids)
+            self.message_user(request, f"Messages re-planned for {len(ids)} pump(s).")
 
 
 class CaregiverInline(ScopedInline):
@@ -120,11 +158,35 @@ class PatientAdmin(ClinicScopedAdmin):
             fields.extend(self.CLINICAL_FIELDS)
         return fields
 
+    # What the patient's messages depend on: who is reached, how, in which language and
+    # zone, and the risk flags that add an earlier reminder and tell caregivers (R12).
+    MESSAGE_FIELDS = frozenset(
+        {
+            "email",
+            "phone",
+            "language",
+            "time_zone",
+            "contact_by_email",
+            "contact_by_sms",
+            "given_name",
+            "sci_t6_or_above",
+            "communication_difficulty",
+            "withdrawal_history",
+        }
+    )
+
     def save_model(self, request: HttpRequest, obj: Patient, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
         if change and {"clinic", "birth_date"} & set(form.changed_data):
             # Another clinic has its own policy and time zone: re-store the pump dates.
             pump_services.recompute_patient(obj)
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        caregivers_changed = any(fs.model is Caregiver and fs.has_changed() for fs in formsets)
+        if change and (self.MESSAGE_FIELDS & set(form.changed_data) or caregivers_changed):
+            # Re-plan at once (after commit): an address removed must not be used again.
+            pump_services.announce_change(list(form.instance.pumps.values_list("pk", flat=True)))
 
     def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
         initial = super().get_changeform_initial_data(request)

@@ -540,6 +540,7 @@ class PumpAdmin(StampedFormAdmin):
         "explant_reason",
         "state_panel",
         "history_panel",
+        "messages_panel",
     ]
     fieldsets = [
         ("Now", {"fields": ["state_panel"]}),
@@ -549,6 +550,7 @@ class PumpAdmin(StampedFormAdmin):
         ),
         ("Status", {"fields": ["status", "phase", "stable_dose_at", "explanted_on", "explant_reason"]}),
         ("History", {"fields": ["history_panel"]}),
+        ("Messages", {"fields": ["messages_panel"]}),
     ]
 
     class Media:
@@ -624,6 +626,12 @@ class PumpAdmin(StampedFormAdmin):
                 "events": obj.events.order_by("-occurred_at")[:20],
             },
         )
+
+    @admin.display(description="messages and escalations")
+    def messages_panel(self, obj: Pump) -> str:
+        from notifications.admin import pump_messages_panel
+
+        return pump_messages_panel(obj)
 
     # -- actions on one pump: phase, explant ------------------------------------------
 

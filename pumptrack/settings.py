@@ -65,6 +65,8 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                # The admin's red banner when a reminder sweep has stopped.
+                "notifications.context_processors.sweep_health",
             ],
         },
     },
