@@ -447,6 +447,22 @@ def test_run_reminders_reads_a_time_without_offset_as_utc(clinic_a: Clinic) -> N
     assert len(mail.outbox) == 1
 
 
+class Terminal(StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_run_reminders_shows_progress_only_on_a_terminal(clinic_a: Clinic) -> None:
+    implanted_pump(patient=screened_patient(clinic=clinic_a, email=EMAIL))
+    terminal = Terminal()
+    call_command("run_reminders", "--as-of", "2027-02-01T12:00Z", stdout=terminal)
+
+    piped = run_reminders("--as-of", "2027-02-01T12:05Z")
+
+    assert "\rplanning: 1/1 pumps" in terminal.getvalue()
+    assert "\r" not in piped and "planning:" not in piped
+
+
 @pytest.mark.parametrize("value", ["tomorrow", "2027-13-01T10:00", "2027-02-01T25:00", ""])
 def test_run_reminders_refuses_a_bad_moment_naming_the_option(value: str) -> None:
     with pytest.raises(CommandError, match="--as-of"):
