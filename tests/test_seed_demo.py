@@ -14,9 +14,27 @@ from django.core.management import call_command
 from django.db.models import Model, Q, QuerySet
 from django.test import override_settings
 
+from notifications.models import (
+    BlockMethod,
+    BlockReason,
+    ContactBlock,
+    Escalation,
+    EscalationReason,
+    EscalationStatus,
+    Message,
+    Severity,
+    Status,
+)
 from patients.models import Caregiver, Clinic, Membership, Patient, Role
 from pumps import domain
-from pumps.management.commands.seed_demo import ADMIN_USERNAME, CLINICS, DEFAULT_PASSWORD
+from pumps.management.commands.seed_demo import (
+    ADMIN_USERNAME,
+    CLINICS,
+    DEFAULT_PASSWORD,
+    DROPS_EMAIL,
+    OPTS_OUT_BY_SMS,
+    demo_addresses,
+)
 from pumps.models import (
     Catheter,
     ClinicalEvent,
@@ -63,6 +81,7 @@ def _remove_demo_data() -> None:
     usernames = [ADMIN_USERNAME] + [c.username(role) for c in CLINICS for role in Role]
     clinics.delete()
     get_user_model().objects.filter(username__in=usernames).delete()
+    ContactBlock.objects.filter(address__in=demo_addresses()).delete()
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +123,13 @@ def test_it_rebuilds_the_histories_for_today_with_reset(seeded: str) -> None:
     assert counts() == before
     assert not old_patients & set(Patient.objects.values_list("pk", flat=True))
     assert _missing_states(later) == []
+    assert _missing_message_states() == []
+
+
+def test_it_replays_no_messages_over_existing_patients(seeded: str) -> None:
+    before = set(Message.objects.values_list("pk", "status"))
+    seed(at=NOW + timedelta(days=3))
+    assert set(Message.objects.values_list("pk", "status")) == before
 
 
 # ---------------------------------------------------------------------------- pump states
@@ -153,6 +179,80 @@ def test_it_shows_every_pump_state_on_the_day_it_runs(seeded: str) -> None:
 def test_it_shows_every_pump_state_whatever_the_day(seeded: str, at: datetime) -> None:
     seed("--reset", at=at)
     assert _missing_states(at) == []
+    assert _missing_message_states() == []
+
+
+# ---------------------------------------------------------------------------- messages and escalations
+
+# Each escalation state the demo must show, as a filter.
+ESCALATION_STATES: dict[str, Q] = {
+    "open critical: alarm date reached": Q(
+        status=EscalationStatus.OPEN, severity=Severity.CRITICAL, reason=EscalationReason.ALARM_DATE_REACHED
+    ),
+    "open: refill overdue": Q(status=EscalationStatus.OPEN, reason=EscalationReason.OVERDUE),
+    "open: no usable contact": Q(status=EscalationStatus.OPEN, reason=EscalationReason.NO_USABLE_CONTACT),
+    "acknowledged": Q(status=EscalationStatus.ACKNOWLEDGED, acknowledged_by__isnull=False),
+    "resolved with a note": Q(status=EscalationStatus.RESOLVED, resolved_by__isnull=False) & ~Q(resolution=""),
+}
+
+
+def _missing_message_states() -> list[str]:
+    demo = Q(clinic__name__in=[c.name for c in CLINICS])
+    missing = [s.value for s in Status if not Message.objects.filter(demo, status=s).exists()]
+    return missing + [name for name, q in ESCALATION_STATES.items() if not Escalation.objects.filter(demo & q).exists()]
+
+
+def test_it_shows_messages_in_every_state_and_escalations_being_handled(seeded: str) -> None:
+    assert _missing_message_states() == []
+
+
+def test_it_keeps_the_text_and_attempts_of_what_was_sent(seeded: str) -> None:
+    delivered = Message.objects.filter(status=Status.DELIVERED)
+    assert delivered.exists()
+    for message in delivered:
+        assert message.rendered_body and message.delivered_at and message.provider_id
+        assert message.attempts.filter(outcome="sent").count() == 1
+
+
+def test_it_leaves_a_crashed_send_claimed_with_its_attempt_in_flight(seeded: str) -> None:
+    (message,) = Message.objects.filter(status=Status.SENDING)
+    assert message.claim_expires_at is not None and message.claim_expires_at <= NOW  # the next sweep takes it back
+    assert message.attempts.get().outcome == "in_flight"
+
+
+def test_it_records_an_sms_stop_and_stops_texting_that_patient(seeded: str) -> None:
+    patient = Patient.objects.get(mrn=OPTS_OUT_BY_SMS)
+    block = ContactBlock.objects.get(address=str(patient.phone), lifted_at=None)
+    assert (block.reason, block.method, block.keyword) == (BlockReason.OPTED_OUT, BlockMethod.SMS_KEYWORD, "STOP")
+    pending = Message.objects.filter(patient=patient, channel="sms", status__in=[Status.PLANNED, Status.DUE])
+    assert not pending.exists()
+    assert Message.objects.filter(patient=patient, channel="sms", status=Status.SUPPRESSED).exists()
+    assert Message.objects.filter(patient=patient, channel="email", status=Status.PLANNED).exists()
+
+
+def test_it_cancels_the_emails_of_a_patient_whose_address_was_removed(seeded: str) -> None:
+    patient = Patient.objects.get(mrn=DROPS_EMAIL)
+    assert patient.email == ""
+    emails = Message.objects.filter(patient=patient, channel="email")
+    assert emails.filter(status=Status.CANCELLED).exists()
+    assert not emails.filter(status__in=[Status.PLANNED, Status.DUE]).exists()
+
+
+def test_it_has_a_patient_with_no_contact_and_tells_staff(seeded: str) -> None:
+    patient = Patient.objects.get(email="", phone="", caregivers=None)
+    assert not Message.objects.filter(patient=patient).exclude(recipient_kind="staff").exists()
+    assert Escalation.objects.filter(patient=patient, reason=EscalationReason.NO_USABLE_CONTACT).exists()
+
+
+def test_it_gives_the_clinics_an_escalation_address_and_a_phone(seeded: str) -> None:
+    for clinic in Clinic.objects.filter(name__in=[c.name for c in CLINICS]):
+        assert clinic.notification_email and clinic.phone
+        assert Message.objects.filter(clinic=clinic, recipient_kind="staff", address=clinic.notification_email).exists()
+
+
+def test_it_writes_spanish_messages_for_spanish_speakers(seeded: str) -> None:
+    assert Message.objects.filter(patient__language="es", language="es").exists()
+    assert not Message.objects.filter(patient__language="es", recipient_kind="patient").exclude(language="es").exists()
 
 
 def test_it_shows_an_explanted_pump(seeded: str) -> None:

@@ -6,11 +6,22 @@ histories obey the rules real ones do: append-only, nothing in the future, dose-
 warnings acknowledged with a reason. The states that depend on today's date (due, overdue,
 past the alarm date) come from the last fill, whose volume is worked backwards from the
 alarm date the pump must show (`Story.refill(alarm_in=...)`).
+
+Then the reminder system's last day is replayed through `notifications.services`
+(`MessageHistory`): yesterday's sweep plans and sends what was due (one text to a dead
+number, one send cut off by a "crashed worker", the clinic's mail server down for one
+escalation email), delivery receipts arrive, a patient replies STOP, staff handle two
+escalations; then everything is planned for now. So the outbox shows every state, and
+what is due now is left for the demo's Celery worker to send.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import logging
+import smtplib
+import zoneinfo
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -21,11 +32,25 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractUser
 from django.core.exceptions import ValidationError
+from django.core.mail.backends.base import BaseEmailBackend
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from django.db.models import ProtectedError
+from django.test import override_settings
 from django.utils import timezone
 
+from notifications import services as messaging
+from notifications.models import (
+    ContactBlock,
+    Escalation,
+    EscalationReason,
+    EscalationStatus,
+    Message,
+    RecipientKind,
+    Severity,
+    Status,
+)
+from notifications.transports import Outgoing, SmsBackend, TransportError
 from patients.models import ORIGIN_BY_DIAGNOSIS, Caregiver, Clinic, Diagnosis, Language, Membership, Patient, Role
 from pumps import domain, services
 from pumps.models import (
@@ -44,6 +69,23 @@ from pumps.models import (
     ScreeningOutcome,
 )
 
+# Clinic policy restored to the model's defaults on creation and --reset (refill and messages).
+POLICY_FIELDS = (
+    "refill_margin_days",
+    "titration_interval_days",
+    "maintenance_interval_days",
+    "reminder_days",
+    "high_risk_extra_reminder_days",
+    "reminder_time",
+    "quiet_hours_start",
+    "quiet_hours_end",
+    "escalation_time",
+    "heat_season_month",
+    "heat_season_day",
+    "alcohol_reminder_months",
+    "battery_planning_months",
+    "post_mri_check_hours",
+)
 DEFAULT_PASSWORD = "pumptrack-demo"  # noqa: S105 (a published demo password, printed on every run)
 ADMIN_USERNAME = "admin"
 SYNCHROMED_20, SYNCHROMED_40, PROMETRA_20, PROMETRA_40 = "8637-20", "8637-40", "13827", "16827"
@@ -66,6 +108,7 @@ class ClinicSpec:
     time_zone: str
     phone: str
     email: str
+    notification_email: str  # where staff escalations are emailed
     username_suffix: str  # "" for the first clinic: `nurse`; "2" for the second: `nurse2`
     staff: tuple[StaffSpec, ...]
 
@@ -78,6 +121,7 @@ RIVERSIDE = ClinicSpec(
     time_zone="Europe/London",
     phone="+442071234567",
     email="itb@riverside.example.org",
+    notification_email="itb-alerts@riverside.example.org",
     username_suffix="",
     staff=(
         StaffSpec(Role.CLINICIAN, "Helen", "Carter"),
@@ -91,6 +135,7 @@ SANTA_ANA = ClinicSpec(
     time_zone="Europe/Madrid",
     phone="+34912345678",
     email="bomba@santaana.example.org",
+    notification_email="alertas-bomba@santaana.example.org",
     username_suffix="2",
     staff=(
         StaffSpec(Role.CLINICIAN, "Elena", "Vidal"),
@@ -742,12 +787,184 @@ PATIENTS = (
     PatientSpec(SANTA_ANA, "CSA-2005", "María José", "Romero Vega", 46, (12, 12), Diagnosis.MULTIPLE_SCLEROSIS, ES,
                 "+34699887766", "mariajose.romero@example.org", _mri_planned_next_week),
     PatientSpec(SANTA_ANA, "CSA-2006", "Pedro", "Navarro Castillo", 69, (1, 8), Diagnosis.STROKE, ES,
-                "+34913456789", "pedro.navarro@example.org", _discrepancy_less_than_expected, contact_by_sms=False),
+                "", "", _discrepancy_less_than_expected),  # no contact details: staff are told
     PatientSpec(SANTA_ANA, "CSA-2007", "Isabel", "Torres Ramos", 39, (6, 6), Diagnosis.SPINAL_CORD_INJURY, ES,
                 "+34634567890", "isabel.torres@example.org", _past_alarm_date_travelling, time_zone="Atlantic/Canary"),
     PatientSpec(SANTA_ANA, "CSA-2008", "Alejandro", "Ortiz Delgado", 27, (9, 3), Diagnosis.SPINAL_CORD_INJURY, ES,
                 "+34611223344", "alejandro.ortiz@example.org", _titration_second_week),
 )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the messages
+# Seeding sends through these, never through the console: its output stays a short summary,
+# and the demo's worker prints what it sends itself. Each stands for one real outcome.
+
+
+class DemoSms(SmsBackend):
+    """An SMS gateway that accepts every text, silently."""
+
+    def send(self, out: Outgoing) -> str:
+        return f"demo-{out.message_id}"
+
+
+class DeadNumberSms(SmsBackend):
+    """Twilio's answer for a number that no longer exists (a permanent failure)."""
+
+    def send(self, out: Outgoing) -> str:
+        raise TransportError("Twilio 400 code 21614: 'To' number is not a valid mobile number (demo)", permanent=True)
+
+
+class WorkerCrash(BaseException):
+    """A worker killed in the middle of a send: its claim expires and the message is sent again.
+
+    A BaseException, like the SystemExit of a forced shutdown: the send path handles
+    Exception (a backend's bug), and nothing can handle a SIGKILL.
+    """
+
+
+class CrashingSms(SmsBackend):
+    def send(self, out: Outgoing) -> str:
+        raise WorkerCrash(f"message {out.message_id}")
+
+
+class MailServerDown(BaseEmailBackend):
+    """The clinic's mail server dropping the connection (a transient failure: retried)."""
+
+    def send_messages(self, email_messages: Any) -> int:
+        raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed (demo)")
+
+
+QUIET_EMAIL = "django.core.mail.backends.locmem.EmailBackend"
+# Who does what in the replayed day (MRNs from PATIENTS).
+OPTS_OUT_BY_SMS = "RNR-1007"  # replies STOP in the evening
+DROPS_EMAIL = "RNR-1006"  # asks for texts only: the address is removed, its emails cancelled
+
+
+def _backend(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class MessageHistory:
+    """Replays the reminder system's last day through `notifications.services`.
+
+    Moments are Riverside's (London) wall clock yesterday, so they are in the past at any
+    hour today and never in a DST gap. Which messages fail is chosen by rule (the first text
+    to a caregiver, the first non-critical text to a patient, staff escalation emails),
+    because which reminders are due yesterday depends on today's date.
+    """
+
+    def __init__(self, clinics: dict[str, Clinic], staff: dict[int, dict[Role, Any]], now: datetime) -> None:
+        self.clinics = list(clinics.values())
+        self.staff = staff
+        self.now = now
+        self.day = domain.local_date(now, zoneinfo_of(RIVERSIDE)) - timedelta(days=1)
+
+    def at(self, hour: int, minute: int = 0) -> datetime:
+        return datetime.combine(self.day, time(hour, minute), tzinfo=zoneinfo_of(RIVERSIDE))
+
+    def replay(self) -> None:
+        sweep = self.at(12)
+        self._plan(sweep)
+        dead_pk = self._dispatch(sweep)
+        self._delivery_receipts(sweep + timedelta(minutes=2))
+        self._resolve_dead_number(dead_pk, self.at(15))
+        self._drop_email(self.at(16))
+        stop = self.at(18, 30)
+        self._opt_out(stop)
+        self._acknowledge_opt_out(stop + timedelta(minutes=30))
+        # Now: what is due is left for the demo's worker (its first dispatch sweep sends it).
+        self._plan(self.now)
+
+    def _plan(self, at: datetime) -> None:
+        try:
+            messaging.plan_all(at)
+        except messaging.PlanningFailed as exc:
+            raise CommandError(f"planning the demo messages failed: {exc}") from exc
+
+    def _dispatch(self, at: datetime) -> int:
+        """Yesterday's dispatch sweep. Returns the message that failed permanently."""
+        ids = messaging.dispatch_due(at)
+        rows = {m.pk: m for m in Message.objects.filter(pk__in=ids)}
+        staff_mail = [pk for pk in ids if rows[pk].recipient_kind == RecipientKind.STAFF]
+        caregiver_sms = [pk for pk in ids if rows[pk].channel == "sms" and rows[pk].recipient_kind == RecipientKind.CAREGIVER]
+        patient_sms = [
+            pk
+            for pk in ids
+            if rows[pk].channel == "sms" and rows[pk].recipient_kind == RecipientKind.PATIENT and not rows[pk].critical
+        ]
+        if len(staff_mail) < 3 or not caregiver_sms or not patient_sms:
+            raise CommandError(
+                "the demo's replayed day has too few messages due: "
+                f"{len(staff_mail)} staff emails, {len(caregiver_sms)} caregiver texts, {len(patient_sms)} patient texts."
+            )
+        # Two escalation emails whose send tasks were lost: still due; the worker requeues them.
+        lost = set(staff_mail[-2:])
+        outcome = {staff_mail[0]: MailServerDown, caregiver_sms[0]: DeadNumberSms, patient_sms[0]: CrashingSms}
+        for pk in ids:
+            if pk not in lost:
+                self._send(pk, at, outcome.get(pk))
+        # Sends that failed raised escalations, whose emails are due at once: the same sweep sends them.
+        while more := messaging.dispatch_due(at):
+            for pk in more:
+                self._send(pk, at, None)
+        return caregiver_sms[0]
+
+    def _send(self, pk: int, at: datetime, outcome: type | None) -> None:
+        sms = outcome if outcome is not None and issubclass(outcome, SmsBackend) else DemoSms
+        email = _backend(outcome) if outcome is MailServerDown else QUIET_EMAIL
+        # After a crash the message stays "sending" with an in-flight attempt, as after a real one.
+        with override_settings(PUMPTRACK_SMS_BACKEND=_backend(sms), EMAIL_BACKEND=email), contextlib.suppress(WorkerCrash):
+            messaging.send_message(pk, at, worker="seed_demo")
+
+    def _delivery_receipts(self, at: datetime) -> None:
+        """Twilio's status callbacks: every text delivered but the last (still "sent")."""
+        sent = list(
+            Message.objects.filter(clinic__in=self.clinics, channel="sms", status=Status.SENT)
+            .order_by("pk")
+            .values_list("provider_id", flat=True)
+        )
+        for provider_id in sent[:-1]:
+            messaging.record_delivery_status(provider_id, "delivered", "", at)
+
+    def _resolve_dead_number(self, message_pk: int, at: datetime) -> None:
+        esc = Escalation.objects.get(reason=EscalationReason.DELIVERY_FAILED, cycle=f"message:{message_pk}")
+        message = Message.objects.select_related("caregiver").get(pk=message_pk)
+        name = message.caregiver.name if message.caregiver else "the caregiver"
+        messaging.resolve_escalation(
+            esc,
+            by=self.staff[esc.clinic_id][Role.NURSE],
+            now=at,
+            resolution=f"Phoned the patient: {name}'s mobile number is out of service. "
+            "The family will send the new number; the block stays until it is recorded.",
+        )
+
+    def _drop_email(self, at: datetime) -> None:
+        patient = Patient.objects.get(clinic__in=self.clinics, mrn=DROPS_EMAIL)
+        # As the patient page does: save, then re-plan the pumps (here: at the final plan).
+        patient.email, patient.contact_by_email = "", False
+        patient.save(update_fields=["email", "contact_by_email"])
+        services.announce_change(list(patient.pumps.values_list("pk", flat=True)))
+
+    def _opt_out(self, at: datetime) -> None:
+        patient = Patient.objects.get(clinic__in=self.clinics, mrn=OPTS_OUT_BY_SMS)
+        messaging.handle_inbound_sms(str(patient.phone), "STOP", at)
+
+    def _acknowledge_opt_out(self, at: datetime) -> None:
+        patient = Patient.objects.get(clinic__in=self.clinics, mrn=OPTS_OUT_BY_SMS)
+        esc = Escalation.objects.get(patient=patient, reason=EscalationReason.OPTED_OUT, status=EscalationStatus.OPEN)
+        messaging.acknowledge_escalation(esc, by=self.staff[esc.clinic_id][Role.COORDINATOR], now=at)
+
+
+def zoneinfo_of(spec: ClinicSpec) -> zoneinfo.ZoneInfo:
+    return zoneinfo.ZoneInfo(spec.time_zone)
+
+
+def demo_addresses() -> set[str]:
+    """Every email address and phone number the demo patients and caregivers use."""
+    found = set()
+    for p in PATIENTS:
+        found |= {p.email, p.phone} | {a for c in p.caregivers for a in (c.email, c.phone)}
+    return found - {""}
 
 
 # ----------------------------------------------------------------------------- the command
@@ -767,7 +984,9 @@ class Command(BaseCommand):
         "Create demo data: two clinics, staff logins for every role (one shared password) and "
         "twenty patients whose pumps show every state worth seeing today: titration, maintenance, "
         "refill due this week or this month, overdue, past the alarm date, a flagged residual "
-        "discrepancy, an explanted and a replaced pump. Idempotent: existing clinics, users and "
+        "discrepancy, an explanted and a replaced pump; and their messages (reminders and safety "
+        "warnings by email and SMS, in English and Spanish) in every state, with staff escalations "
+        "open, acknowledged and resolved. Idempotent: existing clinics, users and "
         "patients (by clinic and MRN) are left alone. The states are relative to the day the "
         "histories were built, so they drift: --reset deletes the demo clinics' patients and pump "
         "records (everything recorded in those two clinics) and builds them again for today."
@@ -782,8 +1001,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--reset",
             action="store_true",
-            help="Delete every patient, pump and clinical record of the demo clinics, restore their "
-            "default policy, and rebuild the histories relative to today. Logins are kept.",
+            help="Delete every patient, pump, clinical record, message and escalation of the demo clinics "
+            "(and the demo addresses' opt-outs), restore their default policy, and rebuild the histories "
+            "relative to today. Logins are kept.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -801,12 +1021,18 @@ class Command(BaseCommand):
                 self._reset(list(clinics.values()))
             staff = self._staff(clinics, password, tally)
 
-        for spec in PATIENTS:
-            clinic = clinics[spec.clinic.name]
-            # One transaction per patient: a failure leaves no half-built patient behind
-            # for the next run to skip.
-            with transaction.atomic():
+        # One transaction for the patients and their messages: a failure leaves no half-built
+        # patient behind for the next run to skip, and the re-plans each record announces
+        # (at the real now, once committed) come after the message history replayed from
+        # yesterday, never before it.
+        with _quiet_escalation_log(self.verbosity), transaction.atomic():
+            for spec in PATIENTS:
+                clinic = clinics[spec.clinic.name]
                 self._patient(spec, clinic, staff[clinic.pk], now, tally)
+            if tally.patients_created and not tally.patients_existing:
+                # Only for a complete, new set: replaying yesterday over messages a running
+                # demo already planned for later moments would cancel some of them.
+                MessageHistory(clinics, staff, now).replay()
 
         self._report(clinics, password, now, tally)
 
@@ -826,8 +1052,9 @@ class Command(BaseCommand):
             clinic = Clinic(name=spec.name)
             tally.clinics_created += 1
         clinic.time_zone, clinic.phone, clinic.email = spec.time_zone, spec.phone, spec.email
+        clinic.notification_email = spec.notification_email
         # The default policy: the model fields' defaults, which come from clinical.md.
-        for name in ("refill_margin_days", "titration_interval_days", "maintenance_interval_days"):
+        for name in POLICY_FIELDS:
             setattr(clinic, name, Clinic._meta.get_field(name).get_default())
         self._validate(clinic, spec.name)
         clinic.save()
@@ -840,7 +1067,9 @@ class Command(BaseCommand):
             for model in (ClinicalEvent, Refill, Program):
                 model.objects.filter(pump__in=pumps).delete()
             pumps.delete()
-            Patient.objects.filter(clinic__in=clinics).delete()
+            Patient.objects.filter(clinic__in=clinics).delete()  # their messages and escalations go too
+            # Opt-outs and dead numbers are kept by address, not by patient.
+            ContactBlock.objects.filter(address__in=demo_addresses()).delete()
         except ProtectedError as exc:
             names = sorted({type(obj).__name__ for obj in exc.protected_objects})
             raise CommandError(f"--reset cannot delete the demo records: {', '.join(names)} rows still refer to them.") from exc
@@ -941,6 +1170,11 @@ class Command(BaseCommand):
         )
         for clinic in clinics.values():
             out(f"  {clinic.name} ({clinic.time_zone}): {_states(clinic, now)}")
+        out(f"  Messages: {_message_states(list(clinics.values()))}")
+        out(
+            "  The Celery worker sends what is due: with the default console backends each SMS and email is "
+            "printed in its log (bin/demo: var/demo/worker.log)."
+        )
 
         out("")
         out(f"Sign in at {settings.SITE_URL.rstrip('/')}/admin/ once the web server runs (bin/demo starts it).")
@@ -956,11 +1190,37 @@ class Command(BaseCommand):
             out(f"  {username:<14}{role:<13}{clinic_name}")
 
 
+@contextlib.contextmanager
+def _quiet_escalation_log(verbosity: int) -> Iterator[None]:
+    """The demo raises a dozen escalations on purpose: the summary counts them, so their
+    log lines (one each, on stderr) are shown only at verbosity 2 and above."""
+    log = logging.getLogger("notifications.services")
+    level = log.level
+    if verbosity < 2:
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def _birth_date(today: date, age: int, birthday: tuple[int, int]) -> date:
     month, day = birthday
     born = date(today.year - age, month, day)
     # Keep the stated age today: a birthday later this year means born a year earlier.
     return born if (month, day) <= (today.month, today.day) else born.replace(year=born.year - 1)
+
+
+def _message_states(clinics: list[Clinic]) -> str:
+    """How many messages are in each state, and the escalations by status."""
+    messages = Message.objects.filter(clinic__in=clinics)
+    states = ", ".join(f"{label.lower()} {messages.filter(status=value).count()}" for value, label in Status.choices)
+    escalations = Escalation.objects.filter(clinic__in=clinics)
+    handling = ", ".join(
+        f"{label.lower()} {escalations.filter(status=value).count()}" for value, label in EscalationStatus.choices
+    )
+    critical = escalations.filter(status=EscalationStatus.OPEN, severity=Severity.CRITICAL).count()
+    return f"{states}; escalations {handling} ({critical} open critical)"
 
 
 def _states(clinic: Clinic, now: datetime) -> str:
