@@ -327,22 +327,25 @@ def reconcile_pumps(pump_ids: Sequence[int], now: datetime) -> ReconcileResult:
 
 
 def _reopen_cancelled(rows: list[Message], now: datetime) -> tuple[list[Message], int]:
-    """Reopen cancelled messages that are planned again; returns the rows still to insert.
+    """Of the planned rows missing from the open outbox, return those still to insert.
 
-    A dose change undone or an address restored plans an identity that was cancelled: its
-    unique identity would make the insert skip it, and the message would never go.
+    An identity already sent (or sending, or failed for good) is left alone. One that was
+    cancelled and is planned again (a dose change undone, an address restored) is reopened:
+    its unique identity would make the insert skip it, and the message would never go.
     """
-    cancelled = {
+    closed = {
         _identity(m): m
-        for m in Message.objects.filter(subject__in={r.subject for r in rows}, status=Status.CANCELLED).exclude(
+        for m in Message.objects.filter(subject__in={r.subject for r in rows}, cycle__in={r.cycle for r in rows}).exclude(
             kind=Kind.ESCALATION
         )
     }
     fresh, reopened = [], []
     for row in rows:
-        old = cancelled.get(_identity(row))
+        old = closed.get(_identity(row))
         if old is None:
             fresh.append(row)
+            continue
+        if old.status != Status.CANCELLED:
             continue
         for name in ("address", "language", "time_zone", "critical", "context", "status", "status_reason", "due_at"):
             setattr(old, name, getattr(row, name))
