@@ -100,6 +100,8 @@ class MessageAdmin(ClinicScopedAdmin):
     ]
     search_fields = ["address", "patient__mrn", "patient__family_name", "caregiver__name", "provider_id"]
     date_hierarchy = "due_at"
+    # What happened last on top (just sent, failed, cancelled); "due at" sorts by moment.
+    ordering = ["-updated_at", "-pk"]
     list_select_related = ["patient", "caregiver", "pump__model"]
     inlines = [AttemptInline]
     readonly_fields = [f.name for f in Message._meta.fields] + ["patient_link", "pump_link", "text"]
@@ -257,7 +259,8 @@ class EscalationAdmin(ClinicScopedAdmin):
 
     @admin.display(description="handled by")
     def handled_by(self, obj: Escalation) -> str:
-        return str(obj.resolved_by or obj.acknowledged_by or "-")
+        user = obj.resolved_by or obj.acknowledged_by
+        return (user.get_full_name() or user.get_username()) if user else "-"
 
     # -- the change page: Acknowledge and Resolve buttons instead of Save
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from itertools import cycle
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -1171,9 +1172,11 @@ class Command(BaseCommand):
         for clinic in clinics.values():
             out(f"  {clinic.name} ({clinic.time_zone}): {_states(clinic, now)}")
         out(f"  Messages: {_message_states(list(clinics.values()))}")
+        log = Path(settings.VAR_DIR) / "demo" / "worker.log"  # where bin/demo puts it
+        shown = log.relative_to(settings.BASE_DIR) if log.is_relative_to(settings.BASE_DIR) else log
         out(
             "  The Celery worker sends what is due: with the default console backends each SMS and email is "
-            "printed in its log (bin/demo: var/demo/worker.log)."
+            f"printed in its log (bin/demo: {shown})."
         )
 
         out("")
