@@ -363,7 +363,7 @@ def test_it_shows_the_pumps_messages_and_open_escalations_on_its_page(clinic_a: 
 def banner(client: Any, url: str = reverse("admin:index")) -> str:
     html = client.get(url).content.decode()
     start = html.find('id="pt-sweep-banner"')
-    return "" if start < 0 else html[start : html.find("</ul>", start)]
+    return "" if start < 0 else html[start : html.find("</div>", start)]
 
 
 def test_it_shows_a_red_banner_on_every_admin_page_when_no_sweep_has_run(clinic_a: Clinic) -> None:
