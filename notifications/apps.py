@@ -29,6 +29,7 @@ class NotificationsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from notifications import checks  # noqa: F401 (registers the system checks)
         from pumps.signals import schedule_changed
 
         schedule_changed.connect(replan_after_change, dispatch_uid="notifications.replan_after_change")

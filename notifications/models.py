@@ -109,6 +109,7 @@ class Message(models.Model):
 
 class AttemptOutcome(models.TextChoices):
     IN_FLIGHT = "in_flight", "In flight (no outcome recorded)"
+    WORKER_LOST = "worker_lost", "Worker lost mid-send (outcome unknown)"
     SENT = "sent", "Sent"
     TRANSIENT_FAILURE = "transient_failure", "Transient failure"
     PERMANENT_FAILURE = "permanent_failure", "Permanent failure"

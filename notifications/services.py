@@ -411,7 +411,15 @@ def _sync_escalations(
         Escalation.objects.filter(pk__in=stale, status=EscalationStatus.OPEN).update(
             status=EscalationStatus.RESOLVED, resolved_at=now, resolution="No longer applies (recorded in pumptrack)."
         )
+        _cancel_escalation_emails(stale, now)
     return raised
+
+
+def _cancel_escalation_emails(escalation_ids: Iterable[int], now: datetime) -> None:
+    """An escalation closed before its email went needs no email (it would send staff chasing)."""
+    Message.objects.filter(
+        kind=Kind.ESCALATION, subject__in=[f"escalation:{pk}" for pk in escalation_ids], status__in=OPEN_STATES
+    ).update(status=Status.CANCELLED, status_reason="Escalation closed before the email went", updated_at=now)
 
 
 def replan_pumps(pump_ids: Iterable[int], now: datetime) -> ReconcileResult:
@@ -521,9 +529,11 @@ def acknowledge_escalation(esc: Escalation, *, by: Any, now: datetime) -> None:
 
 
 def resolve_escalation(esc: Escalation, *, by: Any, now: datetime, resolution: str = "") -> None:
-    Escalation.objects.filter(pk=esc.pk).exclude(status=EscalationStatus.RESOLVED).update(
-        status=EscalationStatus.RESOLVED, resolved_at=now, resolved_by=by, resolution=resolution
-    )
+    with transaction.atomic():
+        Escalation.objects.filter(pk=esc.pk).exclude(status=EscalationStatus.RESOLVED).update(
+            status=EscalationStatus.RESOLVED, resolved_at=now, resolved_by=by, resolution=resolution
+        )
+        _cancel_escalation_emails([esc.pk], now)
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -636,6 +646,11 @@ def send_message(pk: int, now: datetime, *, worker: str = "") -> SendResult:
         )
         if not claimed:
             return SendResult("not_claimed")
+        # An attempt still in flight belonged to a worker that died (its claim expired):
+        # say so, so staff can see why a patient may have had this message twice.
+        Attempt.objects.filter(message_id=pk, outcome=AttemptOutcome.IN_FLIGHT).update(
+            outcome=AttemptOutcome.WORKER_LOST, finished_at=now, error="Claim expired before an outcome was recorded."
+        )
         message = Message.objects.select_related("clinic", "patient", "pump__model", "caregiver").get(pk=pk)
         if message.channel == Channel.SMS and not message.critical and message.patient_id is not None:
             # The SMS-cap lock: a second worker sending to this patient waits here, then sees this claim.
@@ -724,6 +739,7 @@ def _delivery_failed(message: Message, error: str, now: datetime, *, disable_con
             method=BlockMethod.PROVIDER,
             detail=error[:300],
             now=now,
+            escalate=False,  # the escalation below names the message and the contact
         )
     raise_escalation(
         clinic=message.clinic,
@@ -802,9 +818,21 @@ def _pumps_of(patients: Iterable[Patient]) -> list[int]:
 
 
 def block_contact(
-    channel: str, address: str, *, reason: str, method: str, now: datetime, keyword: str = "", detail: str = ""
+    channel: str,
+    address: str,
+    *,
+    reason: str,
+    method: str,
+    now: datetime,
+    keyword: str = "",
+    detail: str = "",
+    escalate: bool = True,
 ) -> ContactBlock | None:
-    """Stop using an address; tell staff at once, because silence is not safe (DESIGN.md)."""
+    """Stop using an address; tell staff at once, because silence is not safe (DESIGN.md).
+
+    `escalate=False` when the caller raises its own escalation for the same event (a
+    failed delivery), so staff get one task, not two.
+    """
     with transaction.atomic():
         try:
             with transaction.atomic():
@@ -816,7 +844,7 @@ def block_contact(
         patients, caregivers = _people_at(channel, address)
         affected = {p.pk: p for p in patients} | {c.patient.pk: c.patient for c in caregivers}
         label = BlockReason(reason).label
-        for patient in affected.values():
+        for patient in affected.values() if escalate else ():
             raise_escalation(
                 clinic=patient.clinic,
                 patient=patient,

@@ -155,6 +155,7 @@ PUMPTRACK_EMAIL_DOMAIN = env_str("PUMPTRACK_EMAIL_DOMAIN", "pumptrack.invalid")
 # under a send still in flight.
 PUMPTRACK_SEND_TIMEOUT_SECONDS = env_int("PUMPTRACK_SEND_TIMEOUT_SECONDS", 30, minimum=1, maximum=600)
 PUMPTRACK_MESSAGE_CLAIM_SECONDS = env_int("PUMPTRACK_MESSAGE_CLAIM_SECONDS", 300, minimum=2, maximum=86400)
+# (notifications/checks.py: the claim must outlast ten timeouts, or a send still running could be retried.)
 # Backoff between transient failures, in seconds; after the last, the message fails permanently.
 PUMPTRACK_MESSAGE_RETRY_DELAYS = tuple(
     env_int(f"PUMPTRACK_MESSAGE_RETRY_DELAY_{i}", default, minimum=1) for i, default in enumerate((60, 300, 1800, 7200), 1)

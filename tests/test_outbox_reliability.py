@@ -330,13 +330,14 @@ def test_a_worker_killed_mid_send_then_restarted_sends_every_due_message_exactly
     assert all(held_rows), held_per_kill
     assert not (held_rows[0] & held_rows[1] or held_rows[1] & held_rows[2] or held_rows[0] & held_rows[2])
     attempts = outcomes_by_row(due)
-    killed = {pk for pk, outcomes in attempts.items() if AttemptOutcome.IN_FLIGHT in outcomes}
-    # Each held send was a killed attempt, recorded before the network call and left in flight.
+    killed = {pk for pk, outcomes in attempts.items() if AttemptOutcome.WORKER_LOST in outcomes}
+    # Each held send was a killed attempt, recorded before the network call and closed as
+    # "worker lost" when the next worker reclaimed the row.
     assert set().union(*held_rows) <= killed
     for pk, outcomes in attempts.items():
-        # Any number of attempts killed in flight, then exactly one that sent, last.
+        # Any number of attempts lost with a killed worker, then exactly one that sent, last.
         assert outcomes[-1] == AttemptOutcome.SENT and outcomes.count(AttemptOutcome.SENT) == 1, (pk, outcomes)
-        assert set(outcomes[:-1]) <= {AttemptOutcome.IN_FLIGHT}, (pk, outcomes)
+        assert set(outcomes[:-1]) <= {AttemptOutcome.WORKER_LOST}, (pk, outcomes)
         assert (len(outcomes) > 1) == (pk in killed)
     assert dict(Message.objects.filter(pk__in=killed).values_list("pk", "attempt_count")) == {
         pk: len(attempts[pk]) for pk in killed
