@@ -60,10 +60,10 @@ class Message(models.Model):
     caregiver = models.ForeignKey(Caregiver, on_delete=models.SET_NULL, null=True, blank=True, related_name="messages")
 
     # ---- identity
-    recipient_key = models.CharField(max_length=40, help_text="patient:<id>, caregiver:<id> or clinic:<id>.")
+    recipient_key = models.CharField(max_length=40, help_text="patient:ID, caregiver:ID or clinic:ID.")
     channel = models.CharField(max_length=10, choices=Channel.choices)
     kind = models.CharField(max_length=30, choices=Kind.choices)
-    subject = models.CharField(max_length=40, help_text="What the message is about, e.g. pump:<id>.")
+    subject = models.CharField(max_length=40, help_text="What the message is about, e.g. pump:ID.")
     cycle = models.CharField(max_length=60, help_text="Which occurrence, e.g. the refill-by date it reminds of.")
     stage = models.CharField(max_length=30, blank=True)
 

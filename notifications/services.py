@@ -50,15 +50,14 @@ logger = logging.getLogger(__name__)
 
 UNSUBSCRIBE_SALT = "pumptrack.notifications.unsubscribe"
 # Escalations a re-plan closes by itself once they no longer apply (a refill recorded,
-# a post-MRI check recorded, the pump explanted). Battery and ERI tasks wait for a person.
+# a post-MRI check recorded, the pump explanted). Battery and ERI tasks wait for a person,
+# and so do the pre-MRI ones: only a person can confirm the reservoir was emptied (§7.4 #94).
 SELF_RESOLVING = frozenset(
     {
         EscalationReason.OVERDUE,
         EscalationReason.ALARM_DATE_REACHED,
         EscalationReason.NO_USABLE_CONTACT,
         EscalationReason.POST_MRI_CHECK_MISSING,
-        EscalationReason.MRI_EMPTY_RESERVOIR,
-        EscalationReason.MRI_UNSAFE,
     }
 )
 # MRIs older than this are history, not pending work.

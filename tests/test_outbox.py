@@ -780,6 +780,35 @@ def test_a_planned_mri_warns_the_patient_and_a_prometra_tells_staff_to_empty_it(
     assert open_escalations(pump, EscalationReason.MRI_EMPTY_RESERVOIR).get().cycle == f"mri:{event.pk}"
 
 
+def test_the_empty_the_reservoir_task_stays_open_after_the_scan_until_a_person_closes_it() -> None:
+    """Only a person can confirm a Prometra was emptied before the MRI (clinical.md §7.4 #94)."""
+    patient = screened_patient(clinic=a_clinic(), email=EMAIL, phone=PHONE)
+    pump = implanted_pump(patient=patient, model_number="13827", concentration_mcg_per_ml="500")
+    scan_at = NOW + timedelta(days=10)
+    record_event(pump, EventKind.MRI_PLANNED, scan_at, NOW)
+    replan(pump, NOW + timedelta(minutes=1))
+
+    replan(pump, scan_at + timedelta(hours=1))
+
+    assert open_escalations(pump, EscalationReason.MRI_EMPTY_RESERVOIR).exists()
+
+
+def test_an_escalation_closed_before_its_email_went_cancels_the_email() -> None:
+    pump = a_pump()
+    late = datetime(2027, 2, 4, 10, tzinfo=UTC)  # the morning after refill-by: overdue escalation
+    replan(pump, late)
+    esc = open_escalations(pump, EscalationReason.OVERDUE).get()
+    email = Message.objects.get(kind=Kind.ESCALATION, subject=f"escalation:{esc.pk}")
+    assert email.status == Status.PLANNED
+
+    fill(pump, at=late, volume_added_ml="30", withdrawn_ml="10")
+    replan(pump, late)
+
+    email.refresh_from_db()
+    assert email.status == Status.CANCELLED
+    assert Escalation.objects.get(pk=esc.pk).status == EscalationStatus.RESOLVED
+
+
 # --------------------------------------------------------------------------- content
 
 
