@@ -283,6 +283,7 @@ def reconcile_pumps(pump_ids: Sequence[int], now: datetime) -> ReconcileResult:
         }
         to_create: list[Message] = []
         to_update: list[Message] = []
+        new_escalations: list[tuple[_Loaded, planning.PlannedEscalation]] = []
         wanted: set[tuple[str, ...]] = set()
         for item in loaded:
             the_plan = planning.plan(item.facts, item.policy, item.contacts, now)
@@ -293,7 +294,8 @@ def reconcile_pumps(pump_ids: Sequence[int], now: datetime) -> ReconcileResult:
                     to_create.append(_new_row(item.pump, p))
                 elif _refresh(row, p, now):
                     to_update.append(row)
-            result.escalations += _sync_escalations(item, the_plan, existing, now)
+            _sync_escalations(item, the_plan, existing, now, new_escalations)
+        result.escalations = _raise_planned(new_escalations, now)
         if to_create:
             to_create, reopened = _reopen_cancelled(to_create, now)
             result.updated += reopened
@@ -380,24 +382,18 @@ def _refresh(row: Message, p: planning.PlannedMessage, now: datetime) -> bool:
 
 
 def _sync_escalations(
-    item: _Loaded, the_plan: planning.Plan, existing: dict[tuple[str, str, str], Escalation], now: datetime
-) -> int:
-    """Raise the plan's due escalations that do not exist yet; close open ones that no longer apply."""
-    raised = 0
+    item: _Loaded,
+    the_plan: planning.Plan,
+    existing: dict[tuple[str, str, str], Escalation],
+    now: datetime,
+    new: list[tuple[_Loaded, planning.PlannedEscalation]],
+) -> None:
+    """Collect the plan's due escalations that do not exist yet; close open ones that no longer apply."""
     subject = item.facts.subject
     planned_keys = {(e.reason.value, e.cycle) for e in the_plan.escalations}
     for e in the_plan.escalations:
         if e.due_at <= now and (subject, e.reason.value, e.cycle) not in existing:
-            _, created = raise_escalation(
-                clinic=item.pump.patient.clinic,
-                pump=item.pump,
-                reason=EscalationReason(e.reason.value),
-                severity=Severity.CRITICAL if e.critical else Severity.WARNING,
-                cycle=e.cycle,
-                detail=e.detail,
-                now=now,
-            )
-            raised += created
+            new.append((item, e))
     stale = [
         esc.pk
         for (subj, reason, cycle), esc in existing.items()
@@ -411,7 +407,6 @@ def _sync_escalations(
             status=EscalationStatus.RESOLVED, resolved_at=now, resolution="No longer applies (recorded in pumptrack)."
         )
         _cancel_escalation_emails(stale, now)
-    return raised
 
 
 def _cancel_escalation_emails(escalation_ids: Iterable[int], now: datetime) -> None:
@@ -491,34 +486,79 @@ def raise_escalation(
             },
         )
         if created and clinic.escalation_address:
-            who = str(patient) if patient else ""
-            Message.objects.create(
-                clinic=clinic,
-                patient=patient,
-                pump=pump,
-                recipient_key=f"clinic:{clinic.pk}",
-                recipient_kind=RecipientKind.STAFF,
-                channel=Channel.EMAIL,
-                kind=Kind.ESCALATION,
-                subject=f"escalation:{esc.pk}",
-                cycle=cycle,
-                stage="",
-                address=clinic.escalation_address,
-                time_zone=clinic.time_zone,
-                critical=severity == Severity.CRITICAL,
-                context={
-                    "severity": severity,
-                    "reason": str(EscalationReason(reason).label),
-                    "detail": detail,
-                    "patient_label": who,
-                    "pump_label": str(pump) if pump else "",
-                    "admin_url": settings.SITE_URL.rstrip("/") + reverse("admin:notifications_escalation_change", args=[esc.pk]),
-                },
-                due_at=now,
-            )
+            _escalation_email(esc, clinic, pump, patient).save()
     if created:
         logger.warning("escalation raised: %s %s %s", severity, reason, subject)  # no names: no health data in logs
     return esc, created
+
+
+def _escalation_email(esc: Escalation, clinic: Clinic, pump: Pump | None, patient: Patient | None) -> Message:
+    """The (unsaved) email telling the clinic's notification address about an escalation."""
+    return Message(
+        clinic=clinic,
+        patient=patient,
+        pump=pump,
+        recipient_key=f"clinic:{clinic.pk}",
+        recipient_kind=RecipientKind.STAFF,
+        channel=Channel.EMAIL,
+        kind=Kind.ESCALATION,
+        subject=f"escalation:{esc.pk}",
+        cycle=esc.cycle,
+        stage="",
+        address=clinic.escalation_address,
+        time_zone=clinic.time_zone,
+        critical=esc.severity == Severity.CRITICAL,
+        context={
+            "severity": esc.severity,
+            "reason": str(EscalationReason(esc.reason).label),
+            "detail": esc.detail,
+            "patient_label": str(patient) if patient else "",
+            "pump_label": str(pump) if pump else "",
+            "admin_url": settings.SITE_URL.rstrip("/") + reverse("admin:notifications_escalation_change", args=[esc.pk]),
+        },
+        due_at=esc.raised_at,
+    )
+
+
+def _raise_planned(new: list[tuple[_Loaded, planning.PlannedEscalation]], now: datetime) -> int:
+    """Raise a batch's due escalations with one insert, and their emails with another.
+
+    A concurrent planner may insert the same identities: the unique constraint keeps one
+    row, and each email's own identity (one per escalation) keeps one email.
+    """
+    if not new:
+        return 0
+    rows = [
+        Escalation(
+            clinic=item.pump.patient.clinic,
+            pump=item.pump,
+            patient=item.pump.patient,
+            reason=e.reason.value,
+            severity=Severity.CRITICAL if e.critical else Severity.WARNING,
+            subject=e.subject,
+            cycle=e.cycle,
+            detail=e.detail,
+            raised_at=now,
+        )
+        for item, e in new
+    ]
+    Escalation.objects.bulk_create(rows, ignore_conflicts=True, batch_size=1000)
+    pumps = {item.pump.pk: item.pump for item, _ in new}
+    wanted = {(e.subject, e.reason.value, e.cycle) for _, e in new}
+    raised = [
+        esc
+        for esc in Escalation.objects.filter(subject__in={s for s, _, _ in wanted}, raised_at=now)
+        if (esc.subject, esc.reason, esc.cycle) in wanted
+    ]
+    emails = []
+    for esc in raised:
+        pump = pumps[esc.pump_id] if esc.pump_id else None
+        clinic = pump.patient.clinic if pump else esc.clinic
+        if clinic.escalation_address:
+            emails.append(_escalation_email(esc, clinic, pump, pump.patient if pump else None))
+        logger.warning("escalation raised: %s %s %s", esc.severity, esc.reason, esc.subject)
+    Message.objects.bulk_create(emails, ignore_conflicts=True, batch_size=1000)
+    return len(raised)
 
 
 def acknowledge_escalation(esc: Escalation, *, by: Any, now: datetime) -> None:
