@@ -253,7 +253,9 @@ def compose(kind: str, language: str, context: dict[str, Any], tz_name: str) -> 
         c["refill_by_text"] = format_date(c["refill_by"], language)
     if c.get("scan_at"):
         c["scan_at_text"] = format_moment(c["scan_at"], language, tz_name)
-    return _es(kind, c) if language == "es" else _en(kind, c)
+    text = _es(kind, c) if language == "es" else _en(kind, c)
+    # Every paragraph after the greeting starts a sentence.
+    return Text(text.subject, [p[:1].upper() + p[1:] for p in text.paragraphs], text.sms)
 
 
 def compose_escalation(severity: str, reason_label: str, detail: str, context: dict[str, Any]) -> Text:

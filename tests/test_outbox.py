@@ -872,6 +872,14 @@ def test_an_sms_names_no_drug_and_no_dose(kind: str, language: str, mri_rule: st
     assert "synchromed" not in text.sms.lower()
 
 
+@pytest.mark.parametrize("language", ["en", "es"])
+@pytest.mark.parametrize("kind", [k for k in Kind.values if k != Kind.ESCALATION])
+def test_every_email_paragraph_after_the_greeting_starts_with_a_capital(kind: str, language: str) -> None:
+    text = content.compose(kind, language, CONTEXT, "Europe/London")
+
+    assert all(p[0].isupper() for p in text.paragraphs[1:]), text.paragraphs
+
+
 def test_every_planned_sms_names_no_drug_and_no_dose(capsys: pytest.CaptureFixture[str]) -> None:
     for language, phone in (("en", PHONE), ("es", "+442071234568")):
         pump = a_pump(language=language, phone=phone, withdrawal_history=True)
