@@ -238,6 +238,7 @@ class Heartbeat(models.Model):
     name = models.CharField(max_length=50, unique=True)
     interval_seconds = models.PositiveIntegerField()
     finished_at = models.DateTimeField()
+    ok = models.BooleanField(default=True, help_text="False: the sweep finished, but some work failed.")
     detail = models.CharField(max_length=300, blank=True)
 
     def __str__(self) -> str:

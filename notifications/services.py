@@ -978,14 +978,14 @@ def record_delivery_status(provider_id: str, status: str, error_code: str, now: 
 SWEEPS = {"plan": 15 * 60, "dispatch": 60}
 
 
-def beat(name: str, now: datetime, detail: str = "") -> None:
+def beat(name: str, now: datetime, detail: str = "", *, ok: bool = True) -> None:
     Heartbeat.objects.update_or_create(
-        name=name, defaults={"finished_at": now, "interval_seconds": SWEEPS[name], "detail": detail[:300]}
+        name=name, defaults={"finished_at": now, "interval_seconds": SWEEPS[name], "detail": detail[:300], "ok": ok}
     )
 
 
 def stale_sweeps(now: datetime) -> list[str]:
-    """Sweeps that have not finished within twice their interval (or never ran)."""
+    """Sweeps that have not finished within twice their interval, never ran, or last failed in part."""
     seen = {h.name: h for h in Heartbeat.objects.filter(name__in=list(SWEEPS))}
     problems = []
     for name, interval in SWEEPS.items():
@@ -994,4 +994,7 @@ def stale_sweeps(now: datetime) -> list[str]:
             problems.append(f"{name} sweep has never run")
         elif now - h.finished_at > timedelta(seconds=2 * interval):
             problems.append(f"{name} sweep last finished {h.finished_at:%Y-%m-%d %H:%M:%S} UTC")
+        elif not h.ok:
+            # Some pumps are not being planned: their patients are not protected.
+            problems.append(f"{name} sweep failed in part at {h.finished_at:%Y-%m-%d %H:%M:%S} UTC: {h.detail}")
     return problems

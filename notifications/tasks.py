@@ -19,8 +19,12 @@ WORKER = socket.gethostname()
 @shared_task(acks_late=True)
 def plan_sweep() -> dict[str, int]:
     """Every 15 minutes: re-plan every pump and raise due escalations (the safety net)."""
-    now = timezone.now()
-    result = services.plan_all(now)
+    try:
+        result = services.plan_all(timezone.now())
+    except services.PlanningFailed as exc:
+        # The other pumps were planned; the heartbeat says some were not (banner, /healthz).
+        services.beat("plan", timezone.now(), str(exc), ok=False)
+        raise
     services.beat("plan", timezone.now(), f"created {result.created}, cancelled {result.cancelled}")
     return result.__dict__
 

@@ -921,6 +921,24 @@ def test_stale_sweeps_reports_a_sweep_older_than_twice_its_interval() -> None:
     assert Heartbeat.objects.get(name="plan").interval_seconds == 15 * 60
 
 
+def test_one_bad_pump_does_not_stop_the_sweep_and_the_heartbeat_says_it_failed() -> None:
+    from notifications import tasks
+
+    good = a_pump()
+    bad = a_pump(clinic=a_clinic())
+    Clinic.objects.filter(pk=bad.patient.clinic_id).update(reminder_days="every day")  # a row no form would accept
+
+    with time_machine.travel(NOW, tick=False), pytest.raises(services.PlanningFailed, match=str(bad.pk)):
+        tasks.plan_sweep()
+
+    assert outbox(good).exists()
+    assert not outbox(bad).exists()
+    heartbeat = Heartbeat.objects.get(name="plan")
+    assert not heartbeat.ok
+    services.beat("dispatch", NOW)
+    assert services.stale_sweeps(NOW) == [f"plan sweep failed in part at 2027-01-04 12:00:00 UTC: {heartbeat.detail}"]
+
+
 def test_patients_are_not_sent_anything_for_an_unknown_kind() -> None:
     with pytest.raises(ValueError, match="no text"):
         content.compose("made_up", "en", CONTEXT, "UTC")

@@ -81,6 +81,7 @@ class Command(BaseCommand):
             plan = services.plan_all(as_of, progress=planned)
         except services.PlanningFailed as exc:
             failure, plan = exc, services.ReconcileResult()
+            services.beat("plan", timezone.now(), f"run_reminders --as-of {as_of.isoformat()}: {exc}", ok=False)
         else:
             services.beat("plan", timezone.now(), f"run_reminders --as-of {as_of.isoformat()}: created {plan.created}")
 
