@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django import forms
 from django.test import Client
 from factories import IMPLANTED_AT, MembershipFactory, UserFactory
 
@@ -67,4 +68,27 @@ def refill_data(pump: Pump, *, at: datetime = VISIT_AT, token: str = "", tz: Any
         "_save": "Save",
     }
     data.update(fields)
+    return data
+
+
+def _field_data(form: forms.BaseForm) -> dict[str, str]:
+    data = {}
+    for name, field in form.fields.items():
+        value = form[name].value()
+        if isinstance(field, forms.BooleanField):
+            if value:  # an unticked checkbox is not posted at all
+                data[form.add_prefix(name)] = "on"
+        else:
+            data[form.add_prefix(name)] = "" if value is None else str(value)
+    return data
+
+
+def as_shown(response: Any, **changes: Any) -> dict[str, str]:
+    """A change page's form and inlines posted back as the browser shows them, plus `changes`."""
+    data = {**_field_data(response.context["adminform"].form), "_save": "Save"}
+    for inline in response.context["inline_admin_formsets"]:
+        data.update(_field_data(inline.formset.management_form))
+        for form in inline.formset.forms:
+            data.update(_field_data(form))
+    data.update(changes)
     return data

@@ -16,8 +16,7 @@ from io import StringIO
 from typing import Any
 
 import pytest
-from admin_support import NOW, client_for, listed, staff
-from django import forms
+from admin_support import NOW, as_shown, client_for, listed, staff
 from django.core import mail
 from django.core.management import CommandError, call_command
 from django.urls import reverse
@@ -74,29 +73,6 @@ def escalate(pump: Pump, reason: EscalationReason, severity: str, raised_at: dat
 
 def action(client: Any, url: str, name: str, objects: list[Any], **fields: str) -> Any:
     return client.post(url, {"action": name, "_selected_action": [o.pk for o in objects], **fields})
-
-
-def _field_data(form: forms.BaseForm) -> dict[str, str]:
-    data = {}
-    for name, field in form.fields.items():
-        value = form[name].value()
-        if isinstance(field, forms.BooleanField):
-            if value:  # an unticked checkbox is not posted at all
-                data[form.add_prefix(name)] = "on"
-        else:
-            data[form.add_prefix(name)] = "" if value is None else str(value)
-    return data
-
-
-def as_shown(response: Any, **changes: str) -> dict[str, str]:
-    """A change page's form and inlines posted back as the browser shows them, plus `changes`."""
-    data = {**_field_data(response.context["adminform"].form), "_save": "Save"}
-    for inline in response.context["inline_admin_formsets"]:
-        data.update(_field_data(inline.formset.management_form))
-        for form in inline.formset.forms:
-            data.update(_field_data(form))
-    data.update(changes)
-    return data
 
 
 @pytest.fixture

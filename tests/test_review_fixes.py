@@ -18,8 +18,7 @@ from zoneinfo import ZoneInfo
 import admin_support
 import pytest
 import time_machine
-from admin_support import NOW, VISIT_AT, client_for, form_errors, listed, staff
-from django import forms
+from admin_support import NOW, VISIT_AT, as_shown, client_for, form_errors, listed, staff
 from django.contrib import admin
 from django.db.models.signals import pre_save
 from django.test import RequestFactory
@@ -48,29 +47,6 @@ PUMP_LIST = reverse("admin:pumps_pump_changelist")
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _field_data(form: forms.BaseForm) -> dict[str, str]:
-    data = {}
-    for name, field in form.fields.items():
-        value = form[name].value()
-        if isinstance(field, forms.BooleanField):
-            if value:  # an unticked checkbox is not posted at all
-                data[form.add_prefix(name)] = "on"
-        else:
-            data[form.add_prefix(name)] = "" if value is None else str(value)
-    return data
-
-
-def as_shown(response: Any, **changes: Any) -> dict[str, str]:
-    """A change page's form and inlines posted back as the browser shows them, plus `changes`."""
-    data = {**_field_data(response.context["adminform"].form), "_save": "Save"}
-    for inline in response.context["inline_admin_formsets"]:
-        data.update(_field_data(inline.formset.management_form))
-        for form in inline.formset.forms:
-            data.update(_field_data(form))
-    data.update(changes)
-    return data
 
 
 def management(prefix: str, total: int = 0) -> dict[str, str]:
