@@ -114,6 +114,7 @@ class PumpFacts:
     alarm_on: date | None
     last_fill_id: int | None = None
     last_fill_at: datetime | None = None
+    last_fill_initial: bool = False  # the implant's first fill, which the implant warnings cover
     high_risk: bool = False
     mri_rule: str = "check_after"
     end_of_service_on: date | None = None
@@ -350,7 +351,8 @@ def _safety_messages(result: Plan, facts: PumpFacts, policy: Policy, contacts: l
     # §6.1 #75-#81: withdrawal signs and "never miss a refill" after each refill.
     fill_at = facts.last_fill_at
     # The initial fill belongs to the implant's warnings.
-    if fill_at is not None and facts.last_fill_id is not None and fill_at >= recent and fill_at > implant + timedelta(hours=12):
+    initial = facts.last_fill_initial or (fill_at is not None and fill_at <= implant + timedelta(hours=12))
+    if fill_at is not None and facts.last_fill_id is not None and fill_at >= recent and not initial:
         _add(result, facts, policy, contacts, Kind.WITHDRAWAL_WARNING, f"refill:{facts.last_fill_id}", "", fill_at, now)
     # §7.2 #89: heat, at the start of the clinic's heat season each year.
     for year in (local_date(now, policy.time_zone).year, local_date(now, policy.time_zone).year + 1):

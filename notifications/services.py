@@ -152,7 +152,11 @@ def _load(pump_ids: Sequence[int], now: datetime) -> list[_Loaded]:
         .select_related("patient__clinic", "model")
         .prefetch_related("patient__caregivers")
         # The last fill by the (pump, -performed_at) index, not the whole history.
-        .annotate(last_fill_id=Subquery(latest.values("pk")[:1]), last_fill_at=Subquery(latest.values("performed_at")[:1]))
+        .annotate(
+            last_fill_id=Subquery(latest.values("pk")[:1]),
+            last_fill_at=Subquery(latest.values("performed_at")[:1]),
+            last_fill_initial=Subquery(latest.values("is_initial_fill")[:1]),
+        )
         .order_by("pk")
     )
     events: dict[int, list[ClinicalEvent]] = defaultdict(list)
@@ -199,6 +203,7 @@ def _load(pump_ids: Sequence[int], now: datetime) -> list[_Loaded]:
             alarm_on=pump.alarm_on,
             last_fill_id=pump.last_fill_id,
             last_fill_at=pump.last_fill_at,
+            last_fill_initial=bool(pump.last_fill_initial),
             high_risk=patient.high_risk,
             mri_rule=pump.model.mri_rule,
             end_of_service_on=pump.estimated_end_of_service_on,

@@ -432,6 +432,16 @@ def test_the_initial_fill_gets_no_withdrawal_warning_of_its_own() -> None:
     assert {m.cycle for m in messages(result, Kind.WITHDRAWAL_WARNING)} == {"implant"}
 
 
+def test_an_initial_fill_recorded_a_day_after_implant_gets_no_withdrawal_warning_of_its_own() -> None:
+    implanted = utc(2027, 1, 4, 11, 0)
+    filled = implanted + timedelta(days=1)
+    result = plan(
+        facts(implanted_at=implanted, last_fill_id=1, last_fill_at=filled, last_fill_initial=True), POLICY, [patient()], filled
+    )
+
+    assert {m.cycle for m in messages(result, Kind.WITHDRAWAL_WARNING)} == {"implant"}
+
+
 def test_an_old_refill_gets_no_late_withdrawal_warning() -> None:
     result = plan(facts(last_fill_id=42, last_fill_at=utc(2027, 1, 1)), POLICY, [patient()], utc(2027, 1, 20))
     assert messages(result, Kind.WITHDRAWAL_WARNING) == []
