@@ -297,7 +297,7 @@ def reconcile_pumps(pump_ids: Sequence[int], now: datetime) -> ReconcileResult:
                 row = open_rows.get(p.identity)
                 if row is None:
                     to_create.append(_new_row(item.pump, p))
-                elif _refresh(row, p, now):
+                elif _refresh(row, p, item.pump.patient.clinic_id):
                     to_update.append(row)
             _sync_escalations(item, the_plan, existing, now, new_escalations)
         result.escalations = _raise_planned(new_escalations, now)
@@ -310,6 +310,7 @@ def reconcile_pumps(pump_ids: Sequence[int], now: datetime) -> ReconcileResult:
             result.created = len(Message.objects.bulk_create(to_create, ignore_conflicts=True, batch_size=1000))
         if to_update:
             fields = [
+                "clinic",
                 "address",
                 "language",
                 "time_zone",
@@ -365,9 +366,20 @@ def _reopen_cancelled(rows: list[Message], now: datetime) -> tuple[list[Message]
     return fresh, len(reopened)
 
 
-def _refresh(row: Message, p: planning.PlannedMessage, now: datetime) -> bool:
-    """Bring an open row in line with its plan; True if anything changed."""
-    before = (row.address, row.language, row.time_zone, row.critical, row.context, row.status, row.status_reason, row.due_at)
+def _refresh(row: Message, p: planning.PlannedMessage, clinic_id: int) -> bool:
+    """Bring an open row in line with its plan (and its patient's clinic); True if anything changed."""
+    before = (
+        row.clinic_id,
+        row.address,
+        row.language,
+        row.time_zone,
+        row.critical,
+        row.context,
+        row.status,
+        row.status_reason,
+        row.due_at,
+    )
+    row.clinic_id = clinic_id  # a patient moved to another clinic: its staff see the message
     row.address, row.language, row.time_zone, row.critical, row.context = (
         p.address,
         p.language,
@@ -382,7 +394,17 @@ def _refresh(row: Message, p: planning.PlannedMessage, now: datetime) -> bool:
     if row.status in (Status.PLANNED, Status.SUPPRESSED):
         # A message the SMS cap deferred keeps its later moment.
         row.due_at = max(p.due_at, row.due_at) if row.status_reason.startswith("Deferred") else p.due_at
-    after = (row.address, row.language, row.time_zone, row.critical, row.context, row.status, row.status_reason, row.due_at)
+    after = (
+        row.clinic_id,
+        row.address,
+        row.language,
+        row.time_zone,
+        row.critical,
+        row.context,
+        row.status,
+        row.status_reason,
+        row.due_at,
+    )
     return before != after
 
 

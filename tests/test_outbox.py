@@ -43,7 +43,7 @@ from notifications.models import (
     Status,
 )
 from notifications.transports import Outgoing, SmsBackend, TransportError
-from patients.models import Clinic
+from patients.models import Clinic, Patient
 from pumps import services as pump_services
 from pumps.models import ClinicalEvent, EventKind, Pump, PumpStatus
 
@@ -156,6 +156,17 @@ def test_planning_twice_creates_nothing_twice() -> None:
     assert set(send_due(NOW).values()) == {"sent", "deferred"}
     assert replan(pump, NOW + timedelta(minutes=1)).created == 0
     assert outbox(pump).count() == rows
+
+
+def test_open_messages_follow_a_patient_who_moves_to_another_clinic() -> None:
+    pump = a_pump()
+    replan(pump, NOW)
+    other = a_clinic()
+    Patient.objects.filter(pk=pump.patient_id).update(clinic=other)
+
+    replan(pump, NOW)
+
+    assert set(outbox(pump, status=Status.PLANNED).values_list("clinic_id", flat=True)) == {other.pk}
 
 
 def test_reconcile_never_touches_sent_messages() -> None:
