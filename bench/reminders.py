@@ -426,6 +426,7 @@ def run_plan(now: datetime, label: str, total: int) -> PlanRun:
 
 
 def _normalise(sql: str) -> str:
+    sql = re.sub(r'"s\d+_x\d+"', '"s?"', sql)  # savepoint names
     sql = re.sub(r"'(?:[^']|'')*'", "?", sql)
     sql = re.sub(r"\b\d+(\.\d+)?\b", "?", sql)
     sql = re.sub(r"\(\s*\?(\s*,\s*\?)*\s*\)", "(?…)", sql)
@@ -570,7 +571,7 @@ def smtplib_connection_each(port: int, messages: list[tuple[str, list[str], byte
     return time.perf_counter() - started
 
 
-def run_worker(now: datetime, m: int, port: int, db_url: str, concurrency: int) -> DispatchRun | str:
+def run_worker(now: datetime, m: int, port: int, db_url: str, concurrency: int, settings_module: str) -> DispatchRun | str:
     """M messages through a real `celery -A pumptrack worker` process pool into the sink."""
     from django.conf import settings
 
@@ -586,7 +587,7 @@ def run_worker(now: datetime, m: int, port: int, db_url: str, concurrency: int) 
     env = dict(
         os.environ,
         DATABASE_URL=db_url,
-        DJANGO_SETTINGS_MODULE="pumptrack.settings",
+        DJANGO_SETTINGS_MODULE=settings_module,
         EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
         EMAIL_HOST="127.0.0.1",
         EMAIL_PORT=str(port),
@@ -705,8 +706,8 @@ def write_results(key: str, section: str) -> None:
 
 RESULTS_HEADER = """# Reminder benchmark results
 
-Written by `bench/reminders.py` (see `bench/README.md`): one section per pump count, the
-latest run of that size replacing the previous one. Ratios are *ours ÷ baseline* in
+Written by `bench/reminders.py` (see `bench/README.md`): one section per pump count and
+variant (spread, worker settings), the latest run replacing the previous one. Ratios are *ours ÷ baseline* in
 seconds for the same work, measured in the same run: 1× would match the baseline, higher
 is slower.
 """
@@ -724,6 +725,11 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile and count queries of the first planning run")
     parser.add_argument("--worker", action="store_true", help="also send through a celery worker process pool")
     parser.add_argument("--concurrency", type=int, default=os.cpu_count() or 2, help="worker pool size")
+    parser.add_argument(
+        "--worker-settings",
+        default="pumptrack.settings",
+        help="settings module for the worker only, to try a change there (importable, e.g. via PYTHONPATH)",
+    )
     parser.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
     args = parser.parse_args()
 
@@ -749,6 +755,11 @@ def main() -> None:
     from notifications.models import Escalation, Message
 
     call_command("migrate", verbosity=0)
+    # Import the code under test now and name its commit now: others may commit during a run.
+    import notifications.services
+    import notifications.tasks  # noqa: F401
+
+    info = machine()
     # aiosmtpd logs every SMTP command at INFO, and planning logs one line per escalation
     # raised (~1 a pump here): both would bury the report.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
@@ -812,14 +823,13 @@ def main() -> None:
         if args.worker:
             say(f"dispatch: {args.messages} more through a celery worker pool ({args.concurrency} processes)")
             sink.messages.clear()
-            worker_run = run_worker(now, args.messages, port, db_url, args.concurrency)
+            worker_run = run_worker(now, args.messages, port, db_url, args.concurrency, args.worker_settings)
             if isinstance(worker_run, DispatchRun) and len(sink.messages) != worker_run.messages:
                 worker_run = f"sink received {len(sink.messages)}, outbox says {worker_run.messages} sent"
     finally:
         controller.stop()
 
     # ---- report
-    info = machine()
     n_sent = len(sent)
     planning_rows = [
         ("planning", "seconds", "baseline (s)", "ratio", "rows"),
@@ -879,15 +889,18 @@ def main() -> None:
     if isinstance(worker_run, DispatchRun):
         notes.append(
             f"Worker pool: queueing {worker_run.dispatch_seconds:.2f} s, then {worker_run.send_seconds:.2f} s "
-            f"until every row left due/sending; statuses {worker_run.outcomes}. Ratio compares seconds a message."
+            f"until every row left due/sending; statuses {worker_run.outcomes}; worker settings {args.worker_settings}. "
+            "Ratio compares seconds a message."
         )
     elif isinstance(worker_run, str):
         notes.append(f"Worker pool: {worker_run}.")
     conn_age = os.environ.get("DATABASE_CONN_MAX_AGE", "")
+    settings_module = os.environ["DJANGO_SETTINGS_MODULE"]
     command = (
         "DATABASE_URL=postgres://app:app@127.0.0.1:5432/app SECRET_KEY=x "
         + ("CELERY_BROKER_URL=redis://127.0.0.1:6379/0 " if args.worker else "")
         + (f"DATABASE_CONN_MAX_AGE={conn_age} " if conn_age else "")
+        + (f"DJANGO_SETTINGS_MODULE={settings_module} " if settings_module != "pumptrack.settings" else "")
         + ".venv/bin/python bench/reminders.py "
         + " ".join(sys.argv[1:])
     )
@@ -900,7 +913,7 @@ def main() -> None:
                 else f", refill-by -{args.past_days}..+{args.future_days} days"
             ),
             "",
-            f"Run {info['date']} at commit {info['commit']}; {info['nproc']} CPUs ({info['cpu']}), "
+            f"Run started {info['date']} at commit {info['commit']}; {info['nproc']} CPUs ({info['cpu']}), "
             f"Python {info['python']}, PostgreSQL {info['postgres']}; now = {now.isoformat()}.",
             "",
             "```",
@@ -920,7 +933,10 @@ def main() -> None:
     elif not args.no_write:
         spread = (args.past_days, args.future_days)
         key = f"{seeded.pumps}" + ("" if spread == (60, 60) else f"-past{spread[0]}-future{spread[1]}")
-        write_results(key + (f"-conn{conn_age}" if conn_age else ""), section)
+        key += f"-conn{conn_age}" if conn_age else ""
+        key += "" if args.worker_settings == "pumptrack.settings" else f"-{args.worker_settings}"
+        key += "" if settings_module == "pumptrack.settings" else f"-settings-{settings_module}"
+        write_results(key, section)
         say(f"written to {RESULTS.relative_to(ROOT)}")
 
 
