@@ -34,7 +34,7 @@ def dispatch_sweep() -> int:
     """Every minute: queue one send task per message that is due."""
     ids = services.dispatch_due(timezone.now())
     for pk in ids:
-        send_message.delay(pk)
+        send_message.delay_on_commit(pk)  # after any surrounding transaction, never inside it
     services.beat("dispatch", timezone.now(), f"queued {len(ids)}")
     return len(ids)
 
