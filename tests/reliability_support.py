@@ -256,7 +256,10 @@ class Tasks:
     def __init__(self, redis_server: RedisServer) -> None:
         from celery import Celery
 
-        self.app = Celery("pumptrack-reliability-tests", broker=redis_server.url(0), backend=redis_server.url(1))
+        # Not the current app: shared tasks used by later tests must keep the project's broker.
+        self.app = Celery(
+            "pumptrack-reliability-tests", broker=redis_server.url(0), backend=redis_server.url(1), set_as_current=False
+        )
         self.app.conf.update(
             task_serializer="json",
             result_serializer="json",
