@@ -95,9 +95,16 @@ def active_blocks(addresses: Iterable[tuple[str, str]]) -> dict[tuple[str, str],
     return {(c, a): str(BlockReason(r).label) for c, a, r in rows if (c, a) in pairs}
 
 
+def phone_text(value: Any) -> str:
+    """A phone field as E.164 text, formatted once (formatting validates: it is not cheap)."""
+    if value is None or isinstance(value, str):
+        return value or ""
+    return str(value)
+
+
 def contacts_for(patient: Patient, caregivers: Sequence[Caregiver], blocks: dict[tuple[str, str], str]) -> list[planning.Contact]:
     tz = patient.effective_time_zone
-    email, phone = patient.email, str(patient.phone or "")
+    email, phone = patient.email, phone_text(patient.phone)
     found = [
         planning.Contact(
             key=f"patient:{patient.pk}",
@@ -116,7 +123,7 @@ def contacts_for(patient: Patient, caregivers: Sequence[Caregiver], blocks: dict
                 key=f"caregiver:{cg.pk}",
                 is_patient=False,
                 email=cg.email,
-                phone=str(cg.phone or ""),
+                phone=phone_text(cg.phone),
                 language=cg.language,
                 time_zone=tz,
                 receives_safety=cg.receives_safety_messages,
@@ -170,7 +177,7 @@ def _load(pump_ids: Sequence[int], now: datetime) -> list[_Loaded]:
     for pump in pumps:
         people: list[Any] = [pump.patient, *pump.patient.caregivers.all()]
         for person in people:
-            pairs += [("email", person.email), ("sms", str(person.phone or ""))]
+            pairs += [("email", person.email), ("sms", phone_text(person.phone))]
     blocks = active_blocks(pairs)
     loaded = []
     for pump in pumps:
@@ -212,7 +219,7 @@ def _load(pump_ids: Sequence[int], now: datetime) -> list[_Loaded]:
             context={
                 "first_name": patient.given_name,
                 "clinic_name": clinic.name,
-                "clinic_phone": str(clinic.phone or ""),
+                "clinic_phone": phone_text(clinic.phone),
                 "model_name": f"{pump.model.manufacturer} {pump.model.name}",
                 "mri_rule": pump.model.mri_rule,
             },

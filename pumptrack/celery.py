@@ -4,14 +4,30 @@ The beat schedule lives here, in code, where review can see it.
 """
 
 import os
+from typing import Any
 
 from celery import Celery
+from celery.signals import task_prerun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pumptrack.settings")
 
 app = Celery("pumptrack")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+def drop_unusable_connections(**kwargs: Any) -> None:
+    """A worker keeps its database connection across tasks (CELERY_DB_REUSE_MAX): one broken
+    by a PostgreSQL restart is dropped here, so the task opens a fresh one instead of failing."""
+    from django.db import connections
+
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is not None and not conn.is_usable():
+            conn.close()
+
+
+task_prerun.connect(drop_unusable_connections)
+
 
 # Periodic jobs. Each is safe to run twice at once (STYLE.md §8).
 app.conf.beat_schedule = {

@@ -104,3 +104,26 @@ def test_sweep_stores_the_other_pumps_and_then_fails_when_one_pump_cannot_be_rec
     assert healthy.refill_by == expected
     assert broken.refill_by == date(2000, 1, 1)  # left as it was, not half-written
     assert f"pump {broken.pk} failed" in caplog.text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_task_after_a_database_restart_gets_a_fresh_connection() -> None:
+    """Workers keep their connection across tasks (CELERY_DB_REUSE_MAX); one the server
+    dropped (a PostgreSQL restart) is replaced before the next task, not reused to fail."""
+    import psycopg
+    from django.db import connection
+
+    from pumptrack.celery import drop_unusable_connections
+
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL to terminate a server connection")
+    connection.ensure_connection()
+    pid = connection.connection.info.backend_pid
+    params = connection.get_connection_params()
+    with psycopg.connect(**params, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+    drop_unusable_connections()
+
+    assert connection.connection is None
+    assert Clinic.objects.count() == 0  # a new connection answers
