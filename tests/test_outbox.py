@@ -953,3 +953,13 @@ def test_one_bad_pump_does_not_stop_the_sweep_and_the_heartbeat_says_it_failed()
 def test_patients_are_not_sent_anything_for_an_unknown_kind() -> None:
     with pytest.raises(ValueError, match="no text"):
         content.compose("made_up", "en", CONTEXT, "UTC")
+
+
+def test_a_claim_shorter_than_ten_send_timeouts_fails_the_system_check(settings: Any) -> None:
+    from notifications.checks import claim_outlasts_send
+
+    settings.PUMPTRACK_SEND_TIMEOUT_SECONDS = 30
+    settings.PUMPTRACK_MESSAGE_CLAIM_SECONDS = 299
+    assert [e.id for e in claim_outlasts_send()] == ["notifications.E001"]
+    settings.PUMPTRACK_MESSAGE_CLAIM_SECONDS = 300
+    assert claim_outlasts_send() == []
