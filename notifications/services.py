@@ -316,18 +316,7 @@ def reconcile_pumps(pump_ids: Sequence[int], now: datetime) -> ReconcileResult:
             # constraint keeps one, and this insert skips it.
             result.created = len(Message.objects.bulk_create(to_create, ignore_conflicts=True, batch_size=1000))
         if to_update:
-            fields = [
-                "clinic",
-                "address",
-                "language",
-                "time_zone",
-                "critical",
-                "context",
-                "status",
-                "status_reason",
-                "due_at",
-                "updated_at",
-            ]
+            fields = [name.removesuffix("_id") for name in REFRESHED] + ["updated_at"]
             for row in to_update:
                 row.updated_at = now
             Message.objects.bulk_update(to_update, fields, batch_size=1000)
@@ -338,6 +327,10 @@ def reconcile_pumps(pump_ids: Sequence[int], now: datetime) -> ReconcileResult:
                 status=Status.CANCELLED, status_reason="No longer planned (refill, dose change, or pump ended)", updated_at=now
             )
     return result
+
+
+# What a re-plan may change on an open row (and bulk-updates).
+REFRESHED = ("clinic_id", "address", "language", "time_zone", "critical", "context", "status", "status_reason", "due_at")
 
 
 def _reopen_cancelled(rows: list[Message], now: datetime) -> tuple[list[Message], int]:
@@ -361,13 +354,13 @@ def _reopen_cancelled(rows: list[Message], now: datetime) -> tuple[list[Message]
             continue
         if old.status != Status.CANCELLED:
             continue
-        for name in ("address", "language", "time_zone", "critical", "context", "status", "status_reason", "due_at"):
+        for name in REFRESHED:
             setattr(old, name, getattr(row, name))
         old.queued_at = old.claimed_at = old.claim_expires_at = old.next_attempt_at = None
         old.attempt_count, old.updated_at = 0, now
         reopened.append(old)
     if reopened:
-        fields = ["address", "language", "time_zone", "critical", "context", "status", "status_reason", "due_at"]
+        fields = [name.removesuffix("_id") for name in REFRESHED]
         fields += ["queued_at", "claimed_at", "claim_expires_at", "next_attempt_at", "attempt_count", "updated_at"]
         Message.objects.bulk_update(reopened, fields, batch_size=1000)
     return fresh, len(reopened)
@@ -375,17 +368,7 @@ def _reopen_cancelled(rows: list[Message], now: datetime) -> tuple[list[Message]
 
 def _refresh(row: Message, p: planning.PlannedMessage, clinic_id: int) -> bool:
     """Bring an open row in line with its plan (and its patient's clinic); True if anything changed."""
-    before = (
-        row.clinic_id,
-        row.address,
-        row.language,
-        row.time_zone,
-        row.critical,
-        row.context,
-        row.status,
-        row.status_reason,
-        row.due_at,
-    )
+    before = [getattr(row, name) for name in REFRESHED]
     row.clinic_id = clinic_id  # a patient moved to another clinic: its staff see the message
     row.address, row.language, row.time_zone, row.critical, row.context = (
         p.address,
@@ -401,18 +384,7 @@ def _refresh(row: Message, p: planning.PlannedMessage, clinic_id: int) -> bool:
     if row.status in (Status.PLANNED, Status.SUPPRESSED):
         # A message the SMS cap deferred keeps its later moment.
         row.due_at = max(p.due_at, row.due_at) if row.status_reason.startswith("Deferred") else p.due_at
-    after = (
-        row.clinic_id,
-        row.address,
-        row.language,
-        row.time_zone,
-        row.critical,
-        row.context,
-        row.status,
-        row.status_reason,
-        row.due_at,
-    )
-    return before != after
+    return before != [getattr(row, name) for name in REFRESHED]
 
 
 def _sync_escalations(
