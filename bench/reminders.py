@@ -645,6 +645,7 @@ def run_worker(now: datetime, m: int, port: int, db_url: str, concurrency: int, 
 
 def machine() -> dict[str, str]:
     from django.db import connection
+    from django.utils import timezone
 
     with connection.cursor() as cursor:
         cursor.execute("SHOW server_version")
@@ -675,7 +676,7 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "postgres": pg,
         "commit": commit + (" (application code modified)" if dirty else ""),
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": timezone.now().strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 
