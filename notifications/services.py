@@ -972,8 +972,9 @@ def record_delivery_status(provider_id: str, status: str, error_code: str, now: 
                 status=Status.FAILED_PERMANENTLY, status_reason=f"Provider reports {status} (error {error_code})", updated_at=now
             )
             if changed:
-                # 30003-30006: unreachable, blocked, unknown or landline number: the contact is dead.
-                dead = error_code in {"30003", "30004", "30005", "30006"}
+                # 30004-30006: blocked, unknown or landline number: the contact is dead. 30003
+                # (handset off or out of signal) is usually temporary: escalate, keep the number.
+                dead = error_code in {"30004", "30005", "30006"}
                 _delivery_failed(message, f"provider reports {status}, error {error_code}", now, disable_contact=dead)
     return True
 

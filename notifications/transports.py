@@ -62,7 +62,9 @@ class EmailTransport:
             # 5xx: the mailbox does not exist or refuses us for good (a hard bounce).
             raise TransportError(f"recipient refused: {exc.recipients}", permanent=all(c >= 500 for c in codes)) from exc
         except smtplib.SMTPResponseException as exc:
-            raise TransportError(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}", permanent=exc.smtp_code >= 500) from exc
+            # A refused sender, login or message is our configuration's fault, not the
+            # patient's address: retried, then escalated, never a blocked contact.
+            raise TransportError(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}") from exc
         except (TimeoutError, smtplib.SMTPException, OSError) as exc:
             raise TransportError(f"SMTP unavailable: {exc}") from exc
         return message_id
@@ -85,18 +87,15 @@ class ConsoleSmsBackend(SmsBackend):
 # Twilio error codes that no retry can fix (twilio.com/docs/api/errors): invalid or
 # non-mobile number, recipient unsubscribed (STOP), unreachable country.
 TWILIO_PERMANENT_CODES = frozenset({21211, 21214, 21217, 21219, 21401, 21407, 21408, 21421, 21610, 21612, 21614})
-# Statuses that blame our account or configuration, not the number: bad credentials (401,
-# 20003), a suspended account (403), a wrong account SID or base URL (404), rate limits
-# (429). Calling them permanent would block every patient's phone number until staff
-# lifted each block; retried, they end in an escalation once the retries run out.
-TWILIO_ACCOUNT_STATUSES = frozenset({401, 403, 404, 429})
 
 
 def twilio_error_is_permanent(status: int, code: int | None) -> bool:
-    """True when the recipient's number is at fault and no retry can help."""
-    if code in TWILIO_PERMANENT_CODES:
-        return True
-    return 400 <= status < 500 and status not in TWILIO_ACCOUNT_STATUSES
+    """True only when the recipient's number is at fault and no retry can help.
+
+    Any other error (a wrong sender number, an empty or too long body, our account) is
+    retried and then escalated, so one bad setting cannot block every patient's number.
+    """
+    return code in TWILIO_PERMANENT_CODES
 
 
 class TwilioSmsBackend(SmsBackend):

@@ -382,7 +382,9 @@ def test_a_twilio_server_error_or_rate_limit_is_retried_after_the_backoff(
         (400, 21211, True),  # not a phone number
         (400, 21610, True),  # the recipient replied STOP to Twilio
         (400, 21408, True),  # a country we may not text
-        (400, 21602, True),  # a malformed request: resending it cannot help
+        (400, 21602, False),  # an empty body: our fault, not the number's (retried, then escalated)
+        (400, 21606, False),  # our sender number cannot send: blocking patients' numbers would be wrong
+        (400, 21617, False),  # a body too long
         (401, 20003, False),  # our credentials: the number is fine, a person must fix the setup
         (403, 20003, False),
         (404, 20404, False),  # a wrong account SID or base URL
@@ -391,7 +393,7 @@ def test_a_twilio_server_error_or_rate_limit_is_retried_after_the_backoff(
         (503, 20503, False),
     ],
 )
-def test_twilio_errors_are_permanent_only_when_the_number_or_request_is_at_fault(
+def test_twilio_errors_are_permanent_only_when_the_number_is_at_fault(
     settings: Any, twilio: FakeTwilio, status: int, code: int, permanent: bool
 ) -> None:
     settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN = twilio.account_sid, twilio.auth_token

@@ -650,12 +650,20 @@ def test_a_delivered_report_moves_sent_to_delivered(sent_sms: Message) -> None:
     assert not Escalation.objects.exists()
 
 
-def test_an_undelivered_report_for_an_unreachable_number_blocks_it_and_escalates(sent_sms: Message) -> None:
-    assert services.record_delivery_status(sent_sms.provider_id, "undelivered", "30003", NOW + timedelta(minutes=1))
+def test_an_undelivered_report_for_an_unknown_number_blocks_it_and_escalates(sent_sms: Message) -> None:
+    assert services.record_delivery_status(sent_sms.provider_id, "undelivered", "30005", NOW + timedelta(minutes=1))
 
     sent_sms.refresh_from_db()
     assert sent_sms.status == Status.FAILED_PERMANENTLY
     assert ContactBlock.objects.filter(channel=Channel.SMS, address=PHONE, lifted_at=None).exists()
+    assert Escalation.objects.filter(reason=EscalationReason.DELIVERY_FAILED, cycle=f"message:{sent_sms.pk}").exists()
+
+
+def test_a_phone_switched_off_escalates_but_keeps_the_number(sent_sms: Message) -> None:
+    """Twilio 30003 (handset off, out of signal) is usually temporary (not a dead number)."""
+    assert services.record_delivery_status(sent_sms.provider_id, "undelivered", "30003", NOW + timedelta(minutes=1))
+
+    assert not ContactBlock.objects.exists()
     assert Escalation.objects.filter(reason=EscalationReason.DELIVERY_FAILED, cycle=f"message:{sent_sms.pk}").exists()
 
 
@@ -963,3 +971,42 @@ def test_a_claim_shorter_than_ten_send_timeouts_fails_the_system_check(settings:
     assert [e.id for e in claim_outlasts_send()] == ["notifications.E001"]
     settings.PUMPTRACK_MESSAGE_CLAIM_SECONDS = 300
     assert claim_outlasts_send() == []
+
+
+class _Refusing:
+    """An SMTP server that refuses either the sender (our configuration) or the recipient."""
+
+    def __init__(self, refuse: str) -> None:
+        self.refuse = refuse
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        if self.refuse == "sender":
+            return "550 5.7.1 Sender address rejected"
+        envelope.mail_from = address
+        return "250 OK"
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        if self.refuse == "recipient":
+            return "550 5.1.1 No such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
+@pytest.mark.parametrize(("refuse", "permanent"), [("sender", False), ("recipient", True)])
+def test_only_a_refused_recipient_is_the_addresses_fault(settings: Any, free_port: int, refuse: str, permanent: bool) -> None:
+    """A refused sender is our setup's fault: retried and escalated, never a blocked patient address."""
+    from aiosmtpd.controller import Controller
+
+    from notifications.transports import EmailTransport
+
+    controller = Controller(_Refusing(refuse), hostname="127.0.0.1", port=free_port)
+    controller.start()
+    try:
+        settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+        settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port
+        with pytest.raises(TransportError) as raised:
+            EmailTransport().send(Outgoing(1, EMAIL, "Subject", "Text"))
+    finally:
+        controller.stop()
+
+    assert raised.value.permanent is permanent
