@@ -248,12 +248,13 @@ def _add(
     extra: dict[str, Any] | None = None,
     at: time | None = None,
     on: date | None = None,
+    critical: bool = False,
 ) -> None:
     """Plan one message for each contact and channel.
 
     Either `moment` (an instant) or `on` + `at` (a recipient-local wall time) is given.
     """
-    critical = kind in CRITICAL_KINDS
+    critical = critical or kind in CRITICAL_KINDS
     for contact in contacts:
         if not contact.is_patient and not (contact.receives_safety and (kind in SAFETY_KINDS or to_caregivers)):
             continue
@@ -323,6 +324,9 @@ def _refill_messages(result: Plan, facts: PumpFacts, policy: Policy, contacts: l
                     at=policy.reminder_time,
                     to_caregivers=facts.high_risk,  # R12: caregivers of high-risk patients
                     extra={**extra, "days_left": n},
+                    # The day's reminder is the last before the pump may run low: the SMS
+                    # cap must not push it past refill-by, where it would be dropped.
+                    critical=n == 0,
                 )
     else:
         # Overdue: one message a day while no refill is recorded (today's only).

@@ -281,13 +281,20 @@ def reconcile_pumps(pump_ids: Sequence[int], now: datetime) -> ReconcileResult:
     result = ReconcileResult()
     with transaction.atomic():
         # Serialises re-plans of the same pump (a refill and a sweep at once); in pk order,
-        # so two sweeps over overlapping batches cannot deadlock.
-        ids = list(Pump.objects.select_for_update().filter(pk__in=pump_ids).order_by("pk").values_list("pk", flat=True))
+        # so two sweeps over overlapping batches cannot deadlock. NO KEY UPDATE: a send
+        # updating a message row still takes its foreign-key share lock on the pump.
+        ids = list(
+            Pump.objects.select_for_update(no_key=True).filter(pk__in=pump_ids).order_by("pk").values_list("pk", flat=True)
+        )
         loaded = _load(ids, now)
         subjects = [f"pump:{pk}" for pk in ids]
         open_rows: dict[tuple[str, ...], Message] = {
             _identity(m): m
-            for m in Message.objects.filter(subject__in=subjects, status__in=OPEN_STATES).exclude(kind=Kind.ESCALATION)
+            # Locked: a worker cannot claim one of these until this commits, and one claimed
+            # meanwhile (now sending or sent) no longer matches and is left alone.
+            for m in Message.objects.select_for_update()
+            .filter(subject__in=subjects, status__in=OPEN_STATES)
+            .exclude(kind=Kind.ESCALATION)
         }
         existing = {
             (e.subject, e.reason, e.cycle): e

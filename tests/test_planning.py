@@ -121,7 +121,8 @@ def test_reminders_go_at_the_clinics_reminder_time_in_the_recipients_zone(stage:
     assert message.due_at == expected_utc
     assert message.cycle == "refill_by:2027-02-03"
     assert message.context["days_left"] == int(stage[1:])
-    assert not message.critical
+    # Only the day's reminder is critical: the SMS cap or quiet hours must not push it past refill-by.
+    assert message.critical is (stage == "d0")
 
 
 def test_it_plans_each_reminder_on_every_channel_the_patient_has() -> None:
@@ -345,8 +346,12 @@ def test_critical_messages_are_not_deferred_by_quiet_hours() -> None:
     reminders = messages(plan(facts(), late, [patient()], utc(2027, 2, 2, 8, 0)), Kind.REFILL_REMINDER, channel="sms")
     [reminder] = [m for m in reminders if m.stage == "d0"]
 
+    d2 = next(m for m in reminders if m.stage == "d2")
+
     assert overdue.due_at == local(LONDON, 2027, 2, 5, 21, 0)
-    assert reminder.due_at == local(LONDON, 2027, 2, 4, 9, 0)  # d0 at 21:00 waits for the morning
+    # The day's reminder goes that evening: the morning after would be past refill-by.
+    assert reminder.due_at == local(LONDON, 2027, 2, 3, 21, 0)
+    assert d2.due_at == local(LONDON, 2027, 2, 2, 9, 0)  # earlier stages still wait for the morning
 
 
 def test_a_catch_up_planned_during_quiet_hours_waits_for_the_morning() -> None:
