@@ -297,8 +297,7 @@ def reconcile_pumps(pump_ids: Sequence[int], now: datetime) -> ReconcileResult:
             .exclude(kind=Kind.ESCALATION)
         }
         existing = {
-            (e.subject, e.reason, e.cycle): e
-            for e in Escalation.objects.filter(subject__in=subjects).only("pk", "subject", "reason", "cycle", "status")
+            (e.subject, e.reason, e.cycle): e for e in Escalation.objects.filter(subject__in=subjects).select_related("clinic")
         }
         to_create: list[Message] = []
         to_update: list[Message] = []
@@ -401,12 +400,20 @@ def _sync_escalations(
     now: datetime,
     new: list[tuple[_Loaded, planning.PlannedEscalation]],
 ) -> None:
-    """Collect the plan's due escalations that do not exist yet; close open ones that no longer apply."""
+    """Collect the plan's due escalations that do not exist yet, reopen those that closed by
+    themselves and apply again, and close open ones that no longer apply."""
     subject = item.facts.subject
     planned_keys = {(e.reason.value, e.cycle) for e in the_plan.escalations}
     for e in the_plan.escalations:
-        if e.due_at <= now and (subject, e.reason.value, e.cycle) not in existing:
+        if e.due_at > now:
+            continue
+        esc = existing.get((subject, e.reason.value, e.cycle))
+        if esc is None:
             new.append((item, e))
+        elif esc.status == EscalationStatus.RESOLVED and esc.reason in SELF_RESOLVING and esc.resolved_by_id is None:
+            # E.g. SMS switched off, on, then off again within one refill cycle: the
+            # patient is unreachable again, and staff must hear it again.
+            _reopen_escalation(esc, item.pump, now)
     stale = [
         esc.pk
         for (subj, reason, cycle), esc in existing.items()
@@ -420,6 +427,16 @@ def _sync_escalations(
             status=EscalationStatus.RESOLVED, resolved_at=now, resolution="No longer applies (recorded in pumptrack)."
         )
         _cancel_escalation_emails(stale, now)
+
+
+def _reopen_escalation(esc: Escalation, pump: Pump, now: datetime) -> None:
+    if Escalation.objects.filter(pk=esc.pk, status=EscalationStatus.RESOLVED, resolved_by=None).update(
+        status=EscalationStatus.OPEN, raised_at=now, resolved_at=None, resolution=""
+    ):
+        esc.status, esc.raised_at = EscalationStatus.OPEN, now
+        if esc.clinic.escalation_address:
+            _escalation_email(esc, esc.clinic, pump, pump.patient, stage=f"reopened:{int(now.timestamp())}").save()
+        logger.warning("escalation reopened: %s %s %s", esc.severity, esc.reason, esc.subject)
 
 
 def _cancel_escalation_emails(escalation_ids: Iterable[int], now: datetime) -> None:
@@ -505,7 +522,7 @@ def raise_escalation(
     return esc, created
 
 
-def _escalation_email(esc: Escalation, clinic: Clinic, pump: Pump | None, patient: Patient | None) -> Message:
+def _escalation_email(esc: Escalation, clinic: Clinic, pump: Pump | None, patient: Patient | None, *, stage: str = "") -> Message:
     """The (unsaved) email telling the clinic's notification address about an escalation."""
     return Message(
         clinic=clinic,
@@ -517,7 +534,7 @@ def _escalation_email(esc: Escalation, clinic: Clinic, pump: Pump | None, patien
         kind=Kind.ESCALATION,
         subject=f"escalation:{esc.pk}",
         cycle=esc.cycle,
-        stage="",
+        stage=stage,
         address=clinic.escalation_address,
         time_zone=clinic.time_zone,
         critical=esc.severity == Severity.CRITICAL,

@@ -22,7 +22,7 @@ import pytest
 import time_machine
 from django.core import mail, signing
 from django.db.models import QuerySet
-from factories import IMPLANTED_AT, ClinicFactory, fill, implanted_pump, screened_patient
+from factories import IMPLANTED_AT, ClinicFactory, UserFactory, fill, implanted_pump, screened_patient
 
 from notifications import content, services
 from notifications.models import (
@@ -556,6 +556,32 @@ def test_a_patient_reachable_only_by_sms_who_opts_out_escalates_as_unreachable()
 
     esc = open_escalations(pump, EscalationReason.NO_USABLE_CONTACT).get()
     assert esc.cycle == OLD_CYCLE and esc.raised_at == NOW
+
+
+def test_an_unreachable_patient_is_escalated_again_after_the_task_closed_by_itself() -> None:
+    """SMS off, on, then off again within one refill cycle: staff hear it the second time too."""
+    pump = a_pump(email="")  # SMS only
+    replan(pump, NOW)
+    for day, sms in ((1, False), (2, True), (3, False)):
+        Patient.objects.filter(pk=pump.patient_id).update(contact_by_sms=sms)
+        replan(pump, NOW + timedelta(days=day))
+
+    esc = open_escalations(pump, EscalationReason.NO_USABLE_CONTACT).get()
+    assert esc.raised_at == NOW + timedelta(days=3)
+    emails = Message.objects.filter(kind=Kind.ESCALATION, subject=f"escalation:{esc.pk}")
+    assert emails.count() == 2  # the first, and one for the reopening
+
+
+def test_a_task_a_person_resolved_is_not_reopened() -> None:
+    pump = a_pump(email="")
+    Patient.objects.filter(pk=pump.patient_id).update(contact_by_sms=False)
+    replan(pump, NOW)
+    esc = open_escalations(pump, EscalationReason.NO_USABLE_CONTACT).get()
+    services.resolve_escalation(esc, by=UserFactory(), now=NOW, resolution="Phoned: the daughter will remind him.")
+
+    replan(pump, NOW + timedelta(days=1))
+
+    assert not open_escalations(pump, EscalationReason.NO_USABLE_CONTACT).exists()
 
 
 # --------------------------------------------------------------------------- failures
