@@ -700,8 +700,8 @@ class SendResult:
     detail: str = ""
 
 
-def send_message(pk: int, now: datetime, *, worker: str = "") -> SendResult:
-    """Claim one message, send it once, record the attempt and its outcome."""
+def _claim_and_prepare(pk: int, now: datetime, worker: str) -> SendResult | tuple[Message, Attempt, Outgoing]:
+    """Claim the message and render it, with an in-flight attempt; or say why it does not go now."""
     with transaction.atomic():
         claimed = (
             Message.objects.filter(_claimable(now), pk=pk).update(
@@ -747,6 +747,21 @@ def send_message(pk: int, now: datetime, *, worker: str = "") -> SendResult:
             return SendResult("deferred", later.isoformat())
         out = render(message)
         attempt = Attempt.objects.create(message=message, started_at=now, worker=worker)
+    return message, attempt, out
+
+
+def send_message(pk: int, now: datetime, *, worker: str = "") -> SendResult:
+    """Claim one message, send it once, record the attempt and its outcome."""
+    try:
+        prepared = _claim_and_prepare(pk, now, worker)
+    except Exception as exc:
+        # A bug before the network call (a template, a bad zone) rolled the claim back: record
+        # it as a failed attempt so the row retries, then escalates, instead of looping unseen.
+        _failed_before_send(pk, now, worker, exc)
+        raise
+    if isinstance(prepared, SendResult):
+        return prepared
+    message, attempt, out = prepared
     # The claim and the in-flight attempt are committed before the network call.
     try:
         provider_id = transport_for(message.channel).send(out)
@@ -769,6 +784,21 @@ def send_message(pk: int, now: datetime, *, worker: str = "") -> SendResult:
         )
         Attempt.objects.filter(pk=attempt.pk).update(finished_at=now, outcome=AttemptOutcome.SENT, provider_id=provider_id)
     return SendResult("sent", provider_id)
+
+
+def _failed_before_send(pk: int, now: datetime, worker: str, exc: Exception) -> None:
+    with transaction.atomic():
+        if not Message.objects.filter(_claimable(now), pk=pk).update(
+            status=Status.SENDING,
+            claimed_at=now,
+            claim_expires_at=now + _claim_seconds(),
+            attempt_count=F("attempt_count") + 1,
+            updated_at=now,
+        ):
+            return
+        message = Message.objects.select_related("clinic", "patient", "pump").get(pk=pk)
+        attempt = Attempt.objects.create(message=message, started_at=now, worker=worker)
+    _failed(message, attempt, TransportError(f"could not prepare the message: {exc!r}"), now)
 
 
 def _failed(message: Message, attempt: Attempt, exc: TransportError, now: datetime) -> SendResult:

@@ -652,6 +652,18 @@ def test_an_unexpected_transport_error_is_recorded_and_retried(settings: Any, sm
     assert attempt.outcome == AttemptOutcome.TRANSIENT_FAILURE and "a bug in the backend" in attempt.error
 
 
+def test_a_message_that_cannot_be_prepared_is_recorded_and_retried_not_looped_unseen(sms_only: Message) -> None:
+    Message.objects.filter(pk=sms_only.pk).update(time_zone="Mars/Olympus_Mons")  # a row no plan would write
+
+    with pytest.raises(Exception, match="Mars"):
+        services.send_message(sms_only.pk, NOW)
+
+    sms_only.refresh_from_db()
+    assert (sms_only.status, sms_only.next_attempt_at) == (Status.FAILED, NOW + timedelta(seconds=60))
+    attempt = sms_only.attempts.get()
+    assert attempt.outcome == AttemptOutcome.TRANSIENT_FAILURE and "could not prepare" in attempt.error
+
+
 # --------------------------------------------------------------------------- delivery status
 
 
