@@ -147,7 +147,10 @@ def _en(kind: str, c: dict[str, Any]) -> Text:
                 + lines.get(rule, "tell the clinic before the scan."),
                 f"Questions: {clinic}, {phone}.",
             ],
-            f"{clinic}: before any MRI{scan}, call {phone}: your pump needs a check.",
+            f"{clinic}: before any MRI{scan}, call {phone}: "
+            + {"empty_before": "your pump must be emptied first.", "unsafe": "your pump must not go in a scanner."}.get(
+                rule, "your pump needs a check after the scan."
+            ),
         )
     raise ValueError(f"no text for {kind!r}")
 
@@ -237,7 +240,10 @@ def _es(kind: str, c: dict[str, Any]) -> Text:
                 + lines.get(rule, "avise a la clínica antes de la prueba."),
                 f"Dudas: {clinic}, {phone}.",
             ],
-            f"{clinic}: antes de una resonancia{scan}, llame al {phone}: su bomba necesita una revisión.",
+            f"{clinic}: antes de una resonancia{scan}, llame al {phone}: "
+            + {"empty_before": "hay que vaciar su bomba antes.", "unsafe": "su bomba no puede entrar en un escáner."}.get(
+                rule, "su bomba necesita una revisión después."
+            ),
         )
     raise ValueError(f"no text for {kind!r}")
 

@@ -937,6 +937,22 @@ def test_every_email_paragraph_after_the_greeting_starts_with_a_capital(kind: st
     assert all(p[0].isupper() for p in text.paragraphs[1:]), text.paragraphs
 
 
+@pytest.mark.parametrize(
+    ("mri_rule", "language", "step"),
+    [
+        ("check_after", "en", "check after the scan"),
+        ("empty_before", "en", "emptied first"),
+        ("unsafe", "en", "must not go in a scanner"),
+        ("empty_before", "es", "vaciar su bomba antes"),
+    ],
+)
+def test_the_mri_sms_names_the_step_this_pump_model_needs(mri_rule: str, language: str, step: str) -> None:
+    """SynchroMed: checked after the scan; Prometra: emptied before it (clinical.md §7.4 #91-#94)."""
+    text = content.compose(Kind.MRI_WARNING, language, {**CONTEXT, "mri_rule": mri_rule}, "Europe/London")
+
+    assert step in text.sms
+
+
 def test_every_planned_sms_names_no_drug_and_no_dose(capsys: pytest.CaptureFixture[str]) -> None:
     for language, phone in (("en", PHONE), ("es", "+442071234568")):
         pump = a_pump(language=language, phone=phone, withdrawal_history=True)
