@@ -414,6 +414,8 @@ def _sync_escalations(
             # E.g. SMS switched off, on, then off again within one refill cycle: the
             # patient is unreachable again, and staff must hear it again.
             _reopen_escalation(esc, item.pump, now)
+    # A scan older than the lookback is not loaded: its missing check is not thereby done.
+    loaded_scans = {f"mri:{scan.event_id}" for scan in item.facts.scans}
     stale = [
         esc.pk
         for (subj, reason, cycle), esc in existing.items()
@@ -421,6 +423,7 @@ def _sync_escalations(
         and esc.status == EscalationStatus.OPEN
         and reason in SELF_RESOLVING
         and (reason, cycle) not in planned_keys
+        and (reason != EscalationReason.POST_MRI_CHECK_MISSING or cycle in loaded_scans or not item.facts.active)
     ]
     if stale:
         Escalation.objects.filter(pk__in=stale, status=EscalationStatus.OPEN).update(

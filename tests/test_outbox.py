@@ -825,6 +825,17 @@ def test_an_mri_without_a_post_scan_check_escalates_after_24_hours() -> None:
     assert (esc.status, esc.resolved_at) == (EscalationStatus.RESOLVED, checked_at)
 
 
+def test_a_missing_post_mri_check_stays_open_when_the_scan_is_older_than_the_lookback() -> None:
+    pump = a_pump()
+    scan_at = NOW + timedelta(days=10)
+    record_event(pump, EventKind.MRI_PLANNED, scan_at, NOW)
+    replan(pump, scan_at + timedelta(hours=25))
+
+    replan(pump, scan_at + services.SCAN_LOOKBACK + timedelta(days=30))
+
+    assert open_escalations(pump, EscalationReason.POST_MRI_CHECK_MISSING).exists()
+
+
 def test_a_planned_mri_warns_the_patient_and_a_prometra_tells_staff_to_empty_it() -> None:
     patient = screened_patient(clinic=a_clinic(), email=EMAIL, phone=PHONE)
     pump = implanted_pump(patient=patient, model_number="13827", concentration_mcg_per_ml="500")
