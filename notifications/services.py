@@ -45,6 +45,7 @@ from notifications.models import (
 from notifications.transports import Outgoing, TransportError, transport_for
 from patients.models import Caregiver, Clinic, Patient, parse_day_list
 from pumps.models import ClinicalEvent, EventKind, Pump, PumpStatus, Refill
+from pumps.services import announce_change
 
 logger = logging.getLogger(__name__)
 
@@ -650,6 +651,20 @@ def _claimable(now: datetime) -> Q:
     )
 
 
+def _claim(pk: int, now: datetime) -> bool:
+    """Take the message for one send attempt: one UPDATE, so only one worker wins (STYLE.md §7)."""
+    return (
+        Message.objects.filter(_claimable(now), pk=pk).update(
+            status=Status.SENDING,
+            claimed_at=now,
+            claim_expires_at=now + _claim_seconds(),
+            attempt_count=F("attempt_count") + 1,
+            updated_at=now,
+        )
+        == 1
+    )
+
+
 def _usable(message: Message) -> str:
     """Why this message must not go out now ("" if it may)."""
     if ContactBlock.objects.filter(channel=message.channel, address=message.address, lifted_at=None).exists():
@@ -706,17 +721,7 @@ class SendResult:
 def _claim_and_prepare(pk: int, now: datetime, worker: str) -> SendResult | tuple[Message, Attempt, Outgoing]:
     """Claim the message and render it, with an in-flight attempt; or say why it does not go now."""
     with transaction.atomic():
-        claimed = (
-            Message.objects.filter(_claimable(now), pk=pk).update(
-                status=Status.SENDING,
-                claimed_at=now,
-                claim_expires_at=now + _claim_seconds(),
-                attempt_count=F("attempt_count") + 1,
-                updated_at=now,
-            )
-            == 1
-        )
-        if not claimed:
+        if not _claim(pk, now):
             return SendResult("not_claimed")
         # An attempt still in flight belonged to a worker that died (its claim expired):
         # say so, so staff can see why a patient may have had this message twice.
@@ -791,13 +796,7 @@ def send_message(pk: int, now: datetime, *, worker: str = "") -> SendResult:
 
 def _failed_before_send(pk: int, now: datetime, worker: str, exc: Exception) -> None:
     with transaction.atomic():
-        if not Message.objects.filter(_claimable(now), pk=pk).update(
-            status=Status.SENDING,
-            claimed_at=now,
-            claim_expires_at=now + _claim_seconds(),
-            attempt_count=F("attempt_count") + 1,
-            updated_at=now,
-        ):
+        if not _claim(pk, now):
             return
         message = Message.objects.select_related("clinic", "patient", "pump").get(pk=pk)
         attempt = Attempt.objects.create(message=message, started_at=now, worker=worker)
@@ -959,7 +958,7 @@ def block_contact(
                 now=now,
             )
         pump_ids = _pumps_of(affected.values())
-    replan_on_commit(pump_ids)
+    announce_change(pump_ids)
     return block
 
 
@@ -973,15 +972,8 @@ def lift_block(channel: str, address: str, *, method: str, now: datetime) -> boo
         )
         patients, caregivers = _people_at(channel, address)
         pump_ids = _pumps_of({*patients, *(c.patient for c in caregivers)})
-    replan_on_commit(pump_ids)
+    announce_change(pump_ids)
     return lifted
-
-
-def replan_on_commit(pump_ids: Sequence[int]) -> None:
-    from pumps.services import announce_change
-
-    if pump_ids:
-        announce_change(pump_ids)
 
 
 # SMS keywords (CTIA / Twilio Advanced Opt-Out defaults).

@@ -134,7 +134,8 @@ def announce_change(pump_ids: Iterable[int]) -> None:
     record was saved; the planning sweep catches up within its interval.
     """
     ids = list(pump_ids)
-    transaction.on_commit(lambda: schedule_changed.send(sender=Pump, pump_ids=ids), robust=True)
+    if ids:
+        transaction.on_commit(lambda: schedule_changed.send(sender=Pump, pump_ids=ids), robust=True)
 
 
 def recompute_schedule(pump: Pump, *, announce: bool = True) -> Pump:
