@@ -42,6 +42,7 @@ from notifications.models import (
     Severity,
     Status,
 )
+from notifications.signals import escalations_raised
 from notifications.transports import Outgoing, TransportError, transport_for
 from patients.models import Caregiver, Clinic, Patient, parse_day_list
 from pumps.models import ClinicalEvent, EventKind, Pump, PumpStatus, Refill
@@ -440,6 +441,7 @@ def _reopen_escalation(esc: Escalation, pump: Pump, now: datetime) -> None:
         esc.status, esc.raised_at = EscalationStatus.OPEN, now
         if esc.clinic.escalation_address:
             _escalation_email(esc, esc.clinic, pump, pump.patient, stage=f"reopened:{int(now.timestamp())}").save()
+        escalations_raised.send(sender=Escalation, escalations=[esc])
         logger.warning("escalation reopened: %s %s %s", esc.severity, esc.reason, esc.subject)
 
 
@@ -521,6 +523,8 @@ def raise_escalation(
         )
         if created and clinic.escalation_address:
             _escalation_email(esc, clinic, pump, patient).save()
+        if created:
+            escalations_raised.send(sender=Escalation, escalations=[esc])
     if created:
         logger.warning("escalation raised: %s %s %s", severity, reason, subject)  # no names: no health data in logs
     return esc, created
@@ -592,6 +596,8 @@ def _raise_planned(new: list[tuple[_Loaded, planning.PlannedEscalation]], now: d
             emails.append(_escalation_email(esc, clinic, pump, pump.patient if pump else None))
         logger.warning("escalation raised: %s %s %s", esc.severity, esc.reason, esc.subject)
     Message.objects.bulk_create(emails, ignore_conflicts=True, batch_size=1000)
+    if raised:
+        escalations_raised.send(sender=Escalation, escalations=raised)
     return len(raised)
 
 

@@ -33,7 +33,7 @@ from pumps.models import (
     ScreeningOutcome,
     ScreeningTrial,
 )
-from pumps.signals import schedule_changed
+from pumps.signals import dose_changed, refill_recorded, schedule_changed
 
 
 class DoseChangeRefused(Exception):
@@ -406,6 +406,7 @@ def change_program(
             author=by,
         )
         recompute_schedule(pump)
+        dose_changed.send(sender=Program, program=program)
     return program
 
 
@@ -570,6 +571,7 @@ def record_refill(
             reason=reason.strip() if codes else "",
         )
         recompute_schedule(pump)
+        refill_recorded.send(sender=Refill, refill=refill)
     return refill
 
 

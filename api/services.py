@@ -1,0 +1,21 @@
+"""Issuing and revoking API tokens."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from api.models import ApiToken, digest, generate_key
+
+
+def issue_token(*, user: Any, name: str, by: Any, expires_at: datetime | None = None) -> tuple[ApiToken, str]:
+    """Create a token and return it with its key: the key is not stored and cannot be shown again."""
+    key = generate_key()
+    token = ApiToken.objects.create(
+        user=user, name=name, prefix=key[:10], key_digest=digest(key), created_by=by, expires_at=expires_at
+    )
+    return token, key
+
+
+def revoke_token(token: ApiToken, *, now: datetime) -> bool:
+    return ApiToken.objects.filter(pk=token.pk, revoked_at=None).update(revoked_at=now) == 1
