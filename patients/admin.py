@@ -7,11 +7,11 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from patients import services as patient_services
 from patients.access import is_clinician
 from patients.models import ORIGIN_BY_DIAGNOSIS, Caregiver, Clinic, Membership, Patient
 from patients.scoped_admin import ClinicScopedAdmin, ScopedInline
 from pumps import services as pump_services
-from pumps.models import Pump
 
 admin.site.site_header = "pumptrack"
 admin.site.site_title = "pumptrack"
@@ -74,29 +74,17 @@ class ClinicAdmin(ClinicScopedAdmin):
         ),
     ]
 
-    # What a message's moment or text depends on (time_zone re-plans through recompute_clinic).
-    REPLAN_FIELDS = (
-        *(f for entry in MESSAGE_POLICY_FIELDS for f in (entry if isinstance(entry, tuple) else (entry,))),
-        "name",
-        "phone",
-    )
-
     def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
         return bool(request.user.is_superuser)
 
     def save_model(self, request: HttpRequest, obj: Clinic, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
-        if change and {"refill_margin_days", "titration_interval_days", "maintenance_interval_days", "time_zone"} & set(
-            form.changed_data
-        ):
-            count = pump_services.recompute_clinic(obj)
-            self.message_user(request, f"Refill-by dates recomputed for {count} active pump(s).")
-        if change and set(self.REPLAN_FIELDS) & set(form.changed_data):
-            # Messages carry the policy's moments and the clinic's name and phone: re-plan
-            # every pump once this save commits (pending messages only; sent ones stay).
-            ids = list(Pump.objects.filter(patient__clinic=obj).values_list("pk", flat=True))
-            pump_services.announce_change(ids)
-            self.message_user(request, f"Messages re-planned for {len(ids)} pump(s).")
+        if change:
+            recomputed, replanned = patient_services.after_clinic_change(obj, form.changed_data)
+            if recomputed:
+                self.message_user(request, f"Refill-by dates recomputed for {recomputed} active pump(s).")
+            if replanned:
+                self.message_user(request, f"Messages re-planned for {replanned} pump(s).")
 
 
 class CaregiverInline(ScopedInline):
@@ -143,8 +131,7 @@ class PatientAdmin(ClinicScopedAdmin):
         ("Pumps and screening", {"fields": ["pumps_summary", "screening_summary"]}),
     ]
 
-    # Facts the dose rules and the implant rule depend on: only a clinician changes them.
-    CLINICAL_FIELDS = ("screened_elsewhere", "spasticity_origin", "birth_date", "diagnosis")
+    CLINICAL_FIELDS = patient_services.CLINICAL_FIELDS
 
     def get_queryset(self, request: HttpRequest) -> Any:
         return super().get_queryset(request).select_related("clinic")
@@ -158,35 +145,11 @@ class PatientAdmin(ClinicScopedAdmin):
             fields.extend(self.CLINICAL_FIELDS)
         return fields
 
-    # What the patient's messages depend on: who is reached, how, in which language and
-    # zone, and the risk flags that add an earlier reminder and tell caregivers (R12).
-    MESSAGE_FIELDS = frozenset(
-        {
-            "email",
-            "phone",
-            "language",
-            "time_zone",
-            "contact_by_email",
-            "contact_by_sms",
-            "given_name",
-            "sci_t6_or_above",
-            "communication_difficulty",
-            "withdrawal_history",
-        }
-    )
-
-    def save_model(self, request: HttpRequest, obj: Patient, form: Any, change: bool) -> None:
-        super().save_model(request, obj, form, change)
-        if change and {"clinic", "birth_date"} & set(form.changed_data):
-            # Another clinic has its own policy and time zone: re-store the pump dates.
-            pump_services.recompute_patient(obj)
-
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)
-        caregivers_changed = any(fs.model is Caregiver and fs.has_changed() for fs in formsets)
-        if change and (self.MESSAGE_FIELDS & set(form.changed_data) or caregivers_changed):
-            # Re-plan at once (after commit): an address removed must not be used again.
-            pump_services.announce_change(list(form.instance.pumps.values_list("pk", flat=True)))
+        if change:
+            caregivers_changed = any(fs.model is Caregiver and fs.has_changed() for fs in formsets)
+            patient_services.after_patient_change(form.instance, form.changed_data, caregivers_changed=caregivers_changed)
 
     def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
         initial = super().get_changeform_initial_data(request)

@@ -7,6 +7,7 @@ person may acknowledge), so nothing is half-written. Time comes in as `now`.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
@@ -16,6 +17,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import OuterRef, Subquery
 
 from patients.models import Clinic, Patient
 from pumps import domain
@@ -114,8 +116,24 @@ def _unknown_contents_refill_by(pump: Pump) -> date | None:
 
 
 def pump_state(pump: Pump, now: datetime) -> PumpState:
-    programs = _programs(pump)
-    fill = _last_fill(pump)
+    return _state(pump, _programs(pump), _last_fill(pump), now)
+
+
+def pump_states(pumps: Sequence[Pump], now: datetime) -> dict[int, PumpState]:
+    """`pump_state` for many pumps with two queries (lists and API pages).
+
+    The pumps need `patient__clinic` loaded (select_related).
+    """
+    ids = [p.pk for p in pumps]
+    programs: dict[int, list[Program]] = defaultdict(list)
+    for program in Program.objects.filter(pump_id__in=ids).order_by("effective_at"):
+        programs[program.pump_id].append(program)
+    latest = Refill.objects.filter(pump=OuterRef("pump")).order_by("-performed_at").values("pk")[:1]
+    fills = {r.pump_id: r for r in Refill.objects.filter(pump_id__in=ids, pk=Subquery(latest))}
+    return {p.pk: _state(p, programs[p.pk], fills.get(p.pk), now) for p in pumps}
+
+
+def _state(pump: Pump, programs: Sequence[Program], fill: Refill | None, now: datetime) -> PumpState:
     sched = _schedule(pump, fill, programs, at=now)
     return PumpState(
         program=programs[-1] if programs else None,
