@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rest_framework.request import Request
+from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
 
 from api.models import ApiToken
@@ -12,6 +13,10 @@ from api.models import ApiToken
 
 class TokenRateThrottle(SimpleRateThrottle):
     scope = "token"
+
+    def get_rate(self) -> str | None:
+        # Read at each request (DRF binds the rates at import), so a changed setting applies.
+        return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)  # type: ignore[no-any-return]
 
     def get_cache_key(self, request: Request, view: Any) -> str | None:
         if isinstance(request.auth, ApiToken):

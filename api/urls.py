@@ -1,4 +1,19 @@
+"""`/api/v1/`: the names integrations rely on (DESIGN.md "API contract")."""
+
 from rest_framework.routers import DefaultRouter
 
+from api import views
+
 router = DefaultRouter()
+router.register("clinics", views.ClinicViewSet)
+router.register("patients", views.PatientViewSet)
+router.register("pump-models", views.PumpModelViewSet)
+router.register("pumps", views.PumpViewSet)
+router.register("programs", views.ProgramViewSet)
+router.register("refills", views.RefillViewSet)
+router.register("screenings", views.ScreeningViewSet)
+router.register("events", views.EventViewSet)
+router.register("messages", views.MessageViewSet)
+router.register("escalations", views.EscalationViewSet)
+
 urlpatterns = router.urls

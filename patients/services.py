@@ -89,7 +89,7 @@ def create_patient(fields: dict[str, Any], *, caregivers: Sequence[dict[str, Any
     patient = Patient(**fields)
     if not patient.spasticity_origin and patient.diagnosis in ORIGIN_BY_DIAGNOSIS:
         patient.spasticity_origin = ORIGIN_BY_DIAGNOSIS[patient.diagnosis]
-    patient.full_clean(validate_unique=False)
+    patient.full_clean(validate_unique=False, validate_constraints=False)
     _check_mrn(patient)
     try:
         with transaction.atomic():
@@ -108,7 +108,7 @@ def update_patient(patient: Patient, changes: dict[str, Any], *, caregivers: Seq
             changed = {name for name, value in changes.items() if getattr(locked, name) != value}
             for name, value in changes.items():
                 setattr(locked, name, value)
-            locked.full_clean(validate_unique=False)
+            locked.full_clean(validate_unique=False, validate_constraints=False)
             _check_mrn(locked)
             locked.save()
             caregivers_changed = _replace_caregivers(locked, caregivers) if caregivers is not None else False

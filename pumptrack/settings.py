@@ -226,7 +226,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    "ENUM_NAME_OVERRIDES": {},
+    "ENUM_NAME_OVERRIDES": {"WarningCodeEnum": "api.serializers.WARNING_CODES"},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "api.schema.add_error_responses",
+    ],
 }
 
 LOGGING = {
@@ -254,3 +258,24 @@ PUMPTRACK_MAINTENANCE_INCREASE_LIMIT_SPINAL_PCT = env_decimal(
 PUMPTRACK_MAINTENANCE_INCREASE_LIMIT_CEREBRAL_PCT = env_decimal(
     "PUMPTRACK_MAINTENANCE_INCREASE_LIMIT_CEREBRAL_PCT", "20", minimum=Decimal("0")
 )
+
+# ---------------------------------------------------------------------------- outbound webhooks
+# Standard Webhooks delivery (webhooks/; standardwebhooks.com). Every variable is in .env.example.
+# One POST may take this long per network step (connect, each read).
+PUMPTRACK_WEBHOOK_TIMEOUT_SECONDS = env_int("PUMPTRACK_WEBHOOK_TIMEOUT_SECONDS", 15, minimum=1, maximum=120)
+# A worker holds a delivery this long; then the sweep may send it again (webhooks/checks.py:
+# at least ten timeouts, so a request still running is never sent twice).
+PUMPTRACK_WEBHOOK_CLAIM_SECONDS = env_int("PUMPTRACK_WEBHOOK_CLAIM_SECONDS", 300, minimum=2, maximum=86400)
+# Seconds to wait after the 1st, 2nd, ... failed attempt; after the last the delivery fails
+# for good. Default: the spec's recommended schedule (5 s, 5 min, 30 min, 2 h, 5 h, 10 h,
+# 10 h): eight attempts over about 27.6 hours. A retry goes at the first sweep after its time.
+_webhook_delays = env_decimal_list("PUMPTRACK_WEBHOOK_RETRY_DELAYS", "5,300,1800,7200,18000,36000,36000")
+if any(d != d.to_integral_value() for d in _webhook_delays):
+    raise ImproperlyConfigured(f"PUMPTRACK_WEBHOOK_RETRY_DELAYS={_webhook_delays} must list whole seconds")
+PUMPTRACK_WEBHOOK_RETRY_DELAYS = tuple(int(d) for d in _webhook_delays)
+# After this many deliveries in a row fail for good, the endpoint is disabled and staff are told.
+PUMPTRACK_WEBHOOK_DISABLE_AFTER_FAILURES = env_int("PUMPTRACK_WEBHOOK_DISABLE_AFTER_FAILURES", 5, minimum=1)
+# After a secret is rotated, deliveries are signed with the old one too for this long.
+PUMPTRACK_WEBHOOK_SECRET_ROTATION_GRACE_SECONDS = env_int("PUMPTRACK_WEBHOOK_SECRET_ROTATION_GRACE_SECONDS", 86400, minimum=0)
+# How many deliveries one sweep queues.
+PUMPTRACK_WEBHOOK_DISPATCH_BATCH = env_int("PUMPTRACK_WEBHOOK_DISPATCH_BATCH", 1000, minimum=1)

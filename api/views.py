@@ -1,0 +1,401 @@
+"""REST viewsets (DESIGN.md "API contract"). Thin: scope, validate shape, call a service.
+
+Querysets are scoped to the user's clinics (`ClinicScopedViewSet`), so another clinic's
+object is 404; each list runs a constant number of queries whatever the page size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from api import filters
+from api import serializers as s
+from api.viewsets import ClinicScopedViewSet
+from notifications import services as notification_services
+from notifications.models import Escalation, EscalationStatus, Message
+from patients import services as patient_services
+from patients.access import is_clinician, may_set_phase, may_write
+from patients.models import Clinic, Patient
+from pumps import services as pump_services
+from pumps.models import ClinicalEvent, Program, Pump, PumpModel, Refill, ScreeningTrial
+
+WARNINGS_400 = OpenApiResponse(
+    description="Field errors (`{field: [messages]}`), or a dose change refused until its warnings are "
+    'acknowledged: `{"warnings": [{"code", "message"}]}`.'
+)
+
+
+def _values(serializer: serializers.Serializer) -> dict[str, Any]:  # type: ignore[type-arg]
+    return dict(serializer.validated_data)
+
+
+class ReadCreateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, ClinicScopedViewSet):
+    pass
+
+
+# ----------------------------------------------------------------------------- clinics and patients
+
+
+class ClinicViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.UpdateModelMixin, ClinicScopedViewSet):
+    """Clinics the user belongs to, with the refill and message policy they own.
+
+    A change of refill policy re-stores every active pump's dates; a change of message
+    policy re-plans pending messages (the same service as the admin).
+    """
+
+    queryset = Clinic.objects.all()
+    serializer_class = s.ClinicSerializer
+    write_label = "patients.clinic"
+    ordering_fields = ["name", "id"]
+
+    def perform_update(self, serializer: s.ClinicSerializer) -> None:
+        serializer.instance = patient_services.update_clinic(serializer.instance, _values(serializer))
+
+
+class PatientViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, mixins.UpdateModelMixin, ClinicScopedViewSet
+):
+    """Patients with their caregivers. The facts the dose and implant rules depend on
+    (diagnosis, spasticity origin, birth date, screening documented elsewhere) are a
+    clinician's to change."""
+
+    queryset = Patient.objects.select_related("clinic").prefetch_related("caregivers")
+    serializer_class = s.PatientSerializer
+    clinic_lookup = "clinic"
+    write_label = "patients.patient"
+    filterset_class = filters.PatientFilter
+    ordering_fields = ["family_name", "given_name", "mrn", "birth_date", "created_at", "id"]
+
+    def _check_clinical(self, clinic: Clinic, changed: list[str]) -> None:
+        if changed and not is_clinician(self.request.user, clinic):
+            raise PermissionDenied({name: ["Only a clinician may change this."] for name in changed})
+
+    def perform_create(self, serializer: s.PatientSerializer) -> None:
+        values = _values(serializer)
+        caregivers = values.pop("caregivers", [])
+        self._check_clinical(values["clinic"], ["screened_elsewhere"] if values.get("screened_elsewhere") else [])
+        serializer.instance = patient_services.create_patient(values, caregivers=caregivers)
+
+    def perform_update(self, serializer: s.PatientSerializer) -> None:
+        patient: Patient = serializer.instance
+        values = _values(serializer)
+        caregivers = values.pop("caregivers", None)
+        changed = [f for f in patient_services.CLINICAL_FIELDS if f in values and values[f] != getattr(patient, f)]
+        self._check_clinical(patient.clinic, changed)
+        updated = patient_services.update_patient(patient, values, caregivers=caregivers)
+        serializer.instance = Patient.objects.select_related("clinic").prefetch_related("caregivers").get(pk=updated.pk)
+
+
+# ----------------------------------------------------------------------------- pumps
+
+
+class PumpModelViewSet(viewsets.ReadOnlyModelViewSet):  # type: ignore[type-arg]
+    """The pump-model catalogue (capacities, accuracy, concentration ranges, MRI rules)."""
+
+    queryset = PumpModel.objects.all()
+    serializer_class = s.PumpModelSerializer
+    ordering_fields = ["manufacturer", "name", "model_number", "id"]
+    filterset_fields = ["manufacturer", "model_number", "mri_rule"]
+
+
+@extend_schema_view(
+    create=extend_schema(request=s.PumpCreateSerializer, responses={201: s.PumpSerializer, 400: WARNINGS_400}),
+    update=extend_schema(request=s.PumpUpdateSerializer, responses={200: s.PumpSerializer}),
+    partial_update=extend_schema(request=s.PumpUpdateSerializer, responses={200: s.PumpSerializer}),
+)
+class PumpViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, mixins.UpdateModelMixin, ClinicScopedViewSet
+):
+    """Implanted pumps with their state now: current programming, expected volume, the
+    low-reservoir alarm date and the refill-by date (DESIGN "Refill arithmetic").
+
+    Create = implant (needs a positive screening trial, R1). Update changes device details
+    only; explant, replacement and phase have their own actions.
+    """
+
+    queryset = Pump.objects.select_related("patient__clinic", "model")
+    serializer_class = s.PumpSerializer
+    clinic_lookup = "patient__clinic"
+    write_label = "pumps.pump"
+    filterset_class = filters.PumpFilter
+    ordering_fields = ["refill_by", "alarm_on", "implanted_at", "serial_number", "id"]
+
+    def get_serializer_class(self) -> type[serializers.BaseSerializer]:  # type: ignore[type-arg]
+        if self.action == "create":
+            return s.PumpCreateSerializer
+        if self.action in ("update", "partial_update"):
+            return s.PumpUpdateSerializer
+        return s.PumpSerializer
+
+    def paginate_queryset(self, queryset: QuerySet[Pump]) -> list[Pump] | None:
+        page = super().paginate_queryset(queryset)
+        self.states = pump_services.pump_states(page if page is not None else list(queryset), timezone.now())
+        return page
+
+    def get_serializer_context(self) -> dict[str, Any]:
+        return {**super().get_serializer_context(), "states": getattr(self, "states", {})}
+
+    def shown(self, pump: Pump, code: int = status.HTTP_200_OK) -> Response:
+        pump = Pump.objects.select_related("patient__clinic", "model").get(pk=pump.pk)
+        self.states = pump_services.pump_states([pump], timezone.now())
+        return Response(s.PumpSerializer(pump, context=self.get_serializer_context()).data, status=code)
+
+    def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return self.shown(self.get_object())
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        pump = pump_services.implant_pump(now=timezone.now(), **_values(serializer))
+        return self.shown(pump, status.HTTP_201_CREATED)
+
+    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        pump = self.get_object()
+        serializer = self.get_serializer(pump, data=request.data, partial=kwargs.get("partial", False))
+        serializer.is_valid(raise_exception=True)
+        return self.shown(pump_services.update_pump_details(pump, _values(serializer)))
+
+    @extend_schema(request=s.PumpEndSerializer, responses={200: s.PumpSerializer})
+    @action(detail=True, methods=["post"])
+    def end(self, request: Request, pk: str | None = None) -> Response:
+        """Record the explant or replacement: the pump leaves every due list."""
+        pump = self.get_object()
+        body = s.PumpEndSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        v = body.validated_data
+        pump_services.end_pump(pump, status=v["status"], on=v["explanted_on"], reason=v["explant_reason"], now=timezone.now())
+        return self.shown(pump)
+
+    @extend_schema(request=s.PumpPhaseSerializer, responses={200: s.PumpSerializer})
+    @action(detail=True, methods=["post"])
+    def phase(self, request: Request, pk: str | None = None) -> Response:
+        """Record the stable dose (maintenance) or a return to titration: a clinician's decision."""
+        pump = self.get_object()
+        if not may_set_phase(request.user, pump.patient.clinic):
+            raise PermissionDenied("Only a clinician records the stable dose.")
+        body = s.PumpPhaseSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        pump_services.set_phase(pump, body.validated_data["phase"], now=timezone.now())
+        return self.shown(pump)
+
+
+# ----------------------------------------------------------------------------- programs and refills
+
+
+def _program_input(values: dict[str, Any]) -> pump_services.ProgramInput:
+    return pump_services.ProgramInput(
+        effective_at=values["effective_at"],
+        concentration_mcg_per_ml=values["concentration_mcg_per_ml"],
+        mode=values.get("mode", "simple"),
+        dose_mcg_per_day=values.get("dose_mcg_per_day"),
+        flex_steps=values.get("flex_steps") or [],
+        basal_mcg_per_day=values.get("basal_mcg_per_day"),
+        bolus_mcg=values.get("bolus_mcg"),
+        boluses_per_day=values.get("boluses_per_day"),
+    )
+
+
+@extend_schema_view(create=extend_schema(responses={201: s.ProgramSerializer, 400: WARNINGS_400}))
+class ProgramViewSet(ReadCreateViewSet):
+    """Programming changes. A change that trips a dose-safety rule answers 400 with
+    `{"warnings": [{"code", "message"}]}`; send it again with `acknowledged_warnings` (the
+    codes) and a `reason` to record it, acknowledgement stored (DESIGN "Dose-change safety")."""
+
+    queryset = Program.objects.select_related("author")
+    serializer_class = s.ProgramSerializer
+    clinic_lookup = "pump__patient__clinic"
+    write_label = "pumps.program"
+    filterset_class = filters.ProgramFilter
+    ordering_fields = ["effective_at", "created_at", "id"]
+
+    def perform_create(self, serializer: s.ProgramSerializer) -> None:
+        values = _values(serializer)
+        serializer.instance = pump_services.change_program(
+            values["pump"],
+            _program_input(values),
+            by=self.request.user,
+            now=timezone.now(),
+            acknowledged=values.get("acknowledged_warnings", []),
+            reason=values.get("reason", ""),
+        )
+
+    @extend_schema(request=s.ProgramSerializer, responses={200: s.ProgramPreviewSerializer, 400: WARNINGS_400})
+    @action(detail=False, methods=["post"])
+    def preview(self, request: Request) -> Response:
+        """What the change would do (warnings, new alarm and refill-by dates), writing nothing."""
+        body = self.get_serializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        values = _values(body)
+        p = pump_services.preview_program(values["pump"], _program_input(values), timezone.now())
+        data = {
+            "dose_mcg_per_day": p.dose_mcg_per_day,
+            "previous_dose_mcg_per_day": p.previous_dose_mcg_per_day,
+            "change_pct": p.change_pct,
+            "warnings": [{"code": w.code.value, "message": w.message} for w in p.warnings],
+            "alarm_on": p.alarm_on,
+            "refill_by": p.refill_by,
+        }
+        return Response(s.ProgramPreviewSerializer(data).data)
+
+
+def _refill_input(values: dict[str, Any]) -> pump_services.RefillInput:
+    optional = ("drug_product", "drug_lot", "expires_on", "method", "notes")
+    return pump_services.RefillInput(
+        performed_at=values["performed_at"],
+        withdrawn_ml=values["withdrawn_ml"],
+        volume_added_ml=values["volume_added_ml"],
+        concentration_mcg_per_ml=values["concentration_mcg_per_ml"],
+        **{name: values[name] for name in optional if name in values},
+    )
+
+
+@extend_schema_view(create=extend_schema(responses={201: s.RefillSerializer, 400: WARNINGS_400}))
+class RefillViewSet(ReadCreateViewSet):
+    """Refills (and the initial fill). The service computes the expected residual, the
+    discrepancy and its flag, and the new alarm and refill-by dates; they are stored with
+    the record. A refill may never leave more than the reservoir holds."""
+
+    queryset = Refill.objects.select_related("performed_by")
+    serializer_class = s.RefillSerializer
+    clinic_lookup = "pump__patient__clinic"
+    write_label = "pumps.refill"
+    filterset_class = filters.RefillFilter
+    ordering_fields = ["performed_at", "refill_by", "id"]
+
+    def perform_create(self, serializer: s.RefillSerializer) -> None:
+        values = _values(serializer)
+        serializer.instance = pump_services.record_refill(
+            values["pump"],
+            _refill_input(values),
+            by=self.request.user,
+            now=timezone.now(),
+            acknowledged=values.get("acknowledged_warnings", []),
+            reason=values.get("reason", ""),
+        )
+
+    @extend_schema(request=s.RefillSerializer, responses={200: s.RefillPreviewSerializer, 400: WARNINGS_400})
+    @action(detail=False, methods=["post"])
+    def preview(self, request: Request) -> Response:
+        """The refill's computed results (expected residual, discrepancy, new dates), writing nothing."""
+        body = self.get_serializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        values = _values(body)
+        p = pump_services.preview_refill(values["pump"], _refill_input(values), timezone.now())
+        data = {
+            "is_initial_fill": p.is_initial_fill,
+            "expected_residual_ml": p.expected_residual_ml,
+            "discrepancy_ml": p.discrepancy.discrepancy_ml if p.discrepancy else None,
+            "discrepancy_flagged": p.discrepancy.flagged if p.discrepancy else False,
+            "volume_after_fill_ml": p.volume_after_fill_ml,
+            "warnings": [{"code": w.code.value, "message": w.message} for w in p.warnings],
+            "alarm_on": p.alarm_on,
+            "refill_by": p.refill_by,
+        }
+        return Response(s.RefillPreviewSerializer(data).data)
+
+
+# ----------------------------------------------------------------------------- screening and events
+
+
+@extend_schema_view(
+    update=extend_schema(responses={200: s.ScreeningSerializer}),
+    partial_update=extend_schema(responses={200: s.ScreeningSerializer}),
+)
+class ScreeningViewSet(mixins.UpdateModelMixin, ReadCreateViewSet):
+    """Screening (test) boluses: 50, 75 or 100 mcg, at least 24 h apart (clinical.md §3)."""
+
+    queryset = ScreeningTrial.objects.select_related("performed_by")
+    serializer_class = s.ScreeningSerializer
+    clinic_lookup = "patient__clinic"
+    write_label = "pumps.screeningtrial"
+    filterset_class = filters.ScreeningFilter
+    ordering_fields = ["given_at", "id"]
+
+    def get_serializer_class(self) -> type[serializers.BaseSerializer]:  # type: ignore[type-arg]
+        return s.ScreeningUpdateSerializer if self.action in ("update", "partial_update") else s.ScreeningSerializer
+
+    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        super().update(request, *args, **kwargs)
+        return Response(s.ScreeningSerializer(self.get_object(), context=self.get_serializer_context()).data)
+
+    def perform_create(self, serializer: s.ScreeningSerializer) -> None:
+        values = _values(serializer)
+        serializer.instance = pump_services.record_screening(now=timezone.now(), performed_by=self.request.user, **values)
+
+
+class EventViewSet(ReadCreateViewSet):
+    """Clinical events: alarms, MRIs (planned, done, the post-MRI check), infections,
+    withdrawal or overdose episodes, revisions. An MRI or ERI re-plans messages."""
+
+    queryset = ClinicalEvent.objects.select_related("recorded_by")
+    serializer_class = s.EventSerializer
+    clinic_lookup = "pump__patient__clinic"
+    write_label = "pumps.clinicalevent"
+    filterset_class = filters.EventFilter
+    ordering_fields = ["occurred_at", "id"]
+
+    def perform_create(self, serializer: s.EventSerializer) -> None:
+        values = _values(serializer)
+        serializer.instance = pump_services.record_event(now=timezone.now(), by=self.request.user, **values)
+
+
+# ----------------------------------------------------------------------------- messages and escalations
+
+
+class MessageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ClinicScopedViewSet):
+    """The outbox: every reminder and warning, its state and the text as sent (read-only)."""
+
+    queryset = Message.objects.all()
+    serializer_class = s.MessageSerializer
+    clinic_lookup = "clinic"
+    filterset_class = filters.MessageFilter
+    ordering_fields = ["due_at", "sent_at", "id"]
+
+
+class EscalationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ClinicScopedViewSet):
+    """Staff tasks raised when a message cannot do its job; acknowledge, then resolve."""
+
+    queryset = Escalation.objects.select_related("acknowledged_by", "resolved_by")
+    serializer_class = s.EscalationSerializer
+    clinic_lookup = "clinic"
+    write_label = "notifications.escalation"
+    filterset_class = filters.EscalationFilter
+    ordering_fields = ["raised_at", "severity", "id"]
+
+    def _act(self) -> Escalation:
+        escalation: Escalation = self.get_object()
+        if not may_write(self.request.user, self.write_label, escalation.clinic):
+            raise PermissionDenied()
+        return escalation
+
+    @extend_schema(request=None, responses={200: s.EscalationSerializer})
+    @action(detail=True, methods=["post"])
+    def acknowledge(self, request: Request, pk: str | None = None) -> Response:
+        escalation = self._act()
+        if escalation.status != EscalationStatus.OPEN:
+            raise ValidationError({"status": [f"The escalation is {escalation.get_status_display().lower()}."]})
+        notification_services.acknowledge_escalation(escalation, by=request.user, now=timezone.now())
+        return Response(self.get_serializer(self.get_object()).data)
+
+    @extend_schema(request=s.ResolveSerializer, responses={200: s.EscalationSerializer})
+    @action(detail=True, methods=["post"])
+    def resolve(self, request: Request, pk: str | None = None) -> Response:
+        escalation = self._act()
+        body = s.ResolveSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        if escalation.status == EscalationStatus.RESOLVED:
+            raise ValidationError({"status": ["The escalation is already resolved."]})
+        notification_services.resolve_escalation(
+            escalation, by=request.user, now=timezone.now(), resolution=body.validated_data["resolution"].strip()
+        )
+        return Response(self.get_serializer(self.get_object()).data)
