@@ -22,7 +22,7 @@ class HashedTokenScheme(OpenApiAuthenticationExtension):  # type: ignore[no-unty
 
 ERROR = {
     "type": "object",
-    "description": "`{field: [messages]}`, `{\"detail\": message}` or, for a refused dose change, "
+    "description": '`{field: [messages]}`, `{"detail": message}` or, for a refused dose change, '
     '`{"warnings": [{"code", "message"}]}`.',
     "additionalProperties": True,
 }
@@ -48,6 +48,9 @@ def add_error_responses(result: dict[str, Any], generator: Any, request: Any, pu
                     continue
                 responses.setdefault(
                     code,
-                    {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                    {
+                        "description": description,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                    },
                 )
     return result

@@ -13,14 +13,12 @@ from django.db import models
 from django.utils import timezone
 from rest_framework import serializers
 
+from api.viewsets import WritableRelatedField
 from notifications.models import Escalation, Message
 from patients.models import Caregiver, Clinic, Patient
 from pumps import domain
 from pumps.models import ClinicalEvent, Program, ProgramMode, Pump, PumpModel, Refill, ScreeningTrial
 from pumps.services import PumpState
-
-from .viewsets import WritableRelatedField
-
 
 WARNING_CODES = [(r.value, r.value) for r in domain.Rule]
 
@@ -247,7 +245,10 @@ class AcknowledgementMixin(serializers.Serializer):  # type: ignore[type-arg]
 class ProgramSerializer(AcknowledgementMixin, ModelSerializer):
     pump = WritableRelatedField(clinic_lookup="patient__clinic", queryset=Pump.objects.all())
     dose_mcg_per_day = serializers.DecimalField(
-        max_digits=9, decimal_places=3, required=False, help_text="Required for simple mode; computed for flex and periodic bolus."
+        max_digits=9,
+        decimal_places=3,
+        required=False,
+        help_text="Required for simple mode; computed for flex and periodic bolus.",
     )
     mode = serializers.ChoiceField(choices=ProgramMode.choices, default=ProgramMode.SIMPLE)
     flex_steps = serializers.ListField(

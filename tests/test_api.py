@@ -332,7 +332,14 @@ def test_a_patient_is_created_with_caregivers_and_origin_from_diagnosis(clinic_a
     assert [c["name"] for c in body["caregivers"]] == ["Sam Ray"]
     duplicate = client.post(
         "/api/v1/patients/",
-        {"clinic": clinic_a.pk, "mrn": "P-100", "given_name": "X", "family_name": "Y", "birth_date": "1970-01-01", "diagnosis": "ms"},
+        {
+            "clinic": clinic_a.pk,
+            "mrn": "P-100",
+            "given_name": "X",
+            "family_name": "Y",
+            "birth_date": "1970-01-01",
+            "diagnosis": "ms",
+        },
         format="json",
     )
     assert duplicate.status_code == 400 and list(duplicate.json()) == ["mrn"]
@@ -482,7 +489,9 @@ def test_refills_filter_by_date_range_and_messages_by_state(pump_a: Pump) -> Non
     Patient.objects.filter(pk=pump_a.patient_id).update(email="patient-a@example.org")
     fill(pump_a, at=VISIT_AT, withdrawn_ml="28.80", volume_added_ml="40")
     client = api_client(staff((pump_a.patient.clinic, Role.VIEWER)))
-    in_range = client.get("/api/v1/refills/", {"performed_at_after": "2027-01-20T00:00:00Z", "performed_at_before": "2027-02-02T00:00:00Z"})
+    in_range = client.get(
+        "/api/v1/refills/", {"performed_at_after": "2027-01-20T00:00:00Z", "performed_at_before": "2027-02-02T00:00:00Z"}
+    )
     assert [r["performed_at"] for r in in_range.json()["results"]] == ["2027-02-01T09:00:00Z"]
     notification_services.replan_pumps([pump_a.pk], NOW)
     planned = client.get("/api/v1/messages/", {"status": "planned"}).json()
@@ -491,7 +500,9 @@ def test_refills_filter_by_date_range_and_messages_by_state(pump_a: Pump) -> Non
 
 
 def test_lists_are_ordered_and_paginated(clinic_a: Clinic) -> None:
-    pumps = [implanted_pump(patient=screened_patient(clinic=clinic_a), implanted_at=IMPLANTED_AT + timedelta(days=i)) for i in range(3)]
+    pumps = [
+        implanted_pump(patient=screened_patient(clinic=clinic_a), implanted_at=IMPLANTED_AT + timedelta(days=i)) for i in range(3)
+    ]
     client = api_client(staff((clinic_a, Role.VIEWER)))
     page = client.get("/api/v1/pumps/", {"ordering": "-implanted_at", "page_size": 2}).json()
     assert page["count"] == 3 and page["next"] and [p["id"] for p in page["results"]] == [pumps[2].pk, pumps[1].pk]
@@ -560,12 +571,65 @@ def test_another_clinics_records_cannot_be_changed(
 @pytest.mark.parametrize(
     ("endpoint", "body", "field"),
     [
-        ("patients/", {"clinic": "{clinics}", "mrn": "Z", "given_name": "A", "family_name": "B", "birth_date": "1970-01-01", "diagnosis": "ms"}, "clinic"),
-        ("pumps/", {"patient": "{patients}", "model": 1, "serial_number": "Z9", "implanted_at": "2027-01-10T09:00:00Z"}, "patient"),
-        ("programs/", {"pump": "{pumps}", "effective_at": "2027-02-01T10:00:00Z", "dose_mcg_per_day": "200", "concentration_mcg_per_ml": "500"}, "pump"),
-        ("programs/preview/", {"pump": "{pumps}", "effective_at": "2027-02-01T10:00:00Z", "dose_mcg_per_day": "200", "concentration_mcg_per_ml": "500"}, "pump"),
-        ("refills/", {"pump": "{pumps}", "performed_at": "2027-02-01T10:00:00Z", "withdrawn_ml": "1", "volume_added_ml": "1", "concentration_mcg_per_ml": "500"}, "pump"),
-        ("refills/preview/", {"pump": "{pumps}", "performed_at": "2027-02-01T10:00:00Z", "withdrawn_ml": "1", "volume_added_ml": "1", "concentration_mcg_per_ml": "500"}, "pump"),
+        (
+            "patients/",
+            {
+                "clinic": "{clinics}",
+                "mrn": "Z",
+                "given_name": "A",
+                "family_name": "B",
+                "birth_date": "1970-01-01",
+                "diagnosis": "ms",
+            },
+            "clinic",
+        ),
+        (
+            "pumps/",
+            {"patient": "{patients}", "model": 1, "serial_number": "Z9", "implanted_at": "2027-01-10T09:00:00Z"},
+            "patient",
+        ),
+        (
+            "programs/",
+            {
+                "pump": "{pumps}",
+                "effective_at": "2027-02-01T10:00:00Z",
+                "dose_mcg_per_day": "200",
+                "concentration_mcg_per_ml": "500",
+            },
+            "pump",
+        ),
+        (
+            "programs/preview/",
+            {
+                "pump": "{pumps}",
+                "effective_at": "2027-02-01T10:00:00Z",
+                "dose_mcg_per_day": "200",
+                "concentration_mcg_per_ml": "500",
+            },
+            "pump",
+        ),
+        (
+            "refills/",
+            {
+                "pump": "{pumps}",
+                "performed_at": "2027-02-01T10:00:00Z",
+                "withdrawn_ml": "1",
+                "volume_added_ml": "1",
+                "concentration_mcg_per_ml": "500",
+            },
+            "pump",
+        ),
+        (
+            "refills/preview/",
+            {
+                "pump": "{pumps}",
+                "performed_at": "2027-02-01T10:00:00Z",
+                "withdrawn_ml": "1",
+                "volume_added_ml": "1",
+                "concentration_mcg_per_ml": "500",
+            },
+            "pump",
+        ),
         ("screenings/", {"patient": "{patients}", "given_at": "2027-02-01T10:00:00Z", "dose_mcg": 50}, "patient"),
         ("events/", {"pump": "{pumps}", "kind": "infection", "occurred_at": "2027-02-01T10:00:00Z"}, "pump"),
     ],
@@ -591,7 +655,18 @@ def test_filters_naming_another_clinics_ids_find_nothing(clinic_a_records: dict[
 # ----------------------------------------------------------------------------- query budget
 
 
-LIST_ENDPOINTS = ["clinics", "patients", "pump-models", "pumps", "programs", "refills", "screenings", "events", "messages", "escalations"]
+LIST_ENDPOINTS = [
+    "clinics",
+    "patients",
+    "pump-models",
+    "pumps",
+    "programs",
+    "refills",
+    "screenings",
+    "events",
+    "messages",
+    "escalations",
+]
 
 
 def _queries(client: APIClient, url: str) -> int:
