@@ -1,4 +1,8 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
+
+from integrations import views
 
 app_name = "feeds"
-urlpatterns: list = []
+urlpatterns = [
+    path("<str:token>.ics", views.calendar, name="calendar"),
+]
