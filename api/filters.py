@@ -11,6 +11,7 @@ from django.db import models
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from api.fields import StorableIsoDateTimeRangeField
 from notifications.models import Escalation, Message, Status
 from patients.models import Clinic, Patient
 from pumps.domain import local_date
@@ -29,6 +30,12 @@ def by_local_today(field: str, lookup: str, offset_days: int = 0) -> Q:
         today = local_date(now, zoneinfo.ZoneInfo(zone))
         q |= Q(patient__clinic__time_zone=zone, **{f"{field}__{lookup}": today + timedelta(days=offset_days)})
     return q
+
+
+class DateTimeRangeFilter(django_filters.IsoDateTimeFromToRangeFilter):
+    """`<name>_after` / `<name>_before`, ISO 8601; offsets and years a database can store."""
+
+    field_class = StorableIsoDateTimeRangeField
 
 
 class FilterSet(django_filters.FilterSet):
@@ -76,7 +83,7 @@ class PatientFilter(FilterSet):
 
 
 class ProgramFilter(FilterSet):
-    effective_at = django_filters.IsoDateTimeFromToRangeFilter()
+    effective_at = DateTimeRangeFilter()
 
     class Meta(FilterSet.Meta):
         model = Program
@@ -84,9 +91,7 @@ class ProgramFilter(FilterSet):
 
 
 class RefillFilter(FilterSet):
-    performed_at = django_filters.IsoDateTimeFromToRangeFilter(
-        label="performed_at_after / performed_at_before: ISO 8601 times with an offset."
-    )
+    performed_at = DateTimeRangeFilter(label="performed_at_after / performed_at_before: ISO 8601 times with an offset.")
 
     class Meta(FilterSet.Meta):
         model = Refill
@@ -100,7 +105,7 @@ class ScreeningFilter(FilterSet):
 
 
 class EventFilter(FilterSet):
-    occurred_at = django_filters.IsoDateTimeFromToRangeFilter()
+    occurred_at = DateTimeRangeFilter()
 
     class Meta(FilterSet.Meta):
         model = ClinicalEvent
@@ -109,7 +114,7 @@ class EventFilter(FilterSet):
 
 class MessageFilter(FilterSet):
     status = django_filters.MultipleChoiceFilter(choices=Status.choices, label="One or more states (repeat the parameter).")
-    due_at = django_filters.IsoDateTimeFromToRangeFilter()
+    due_at = DateTimeRangeFilter()
 
     class Meta(FilterSet.Meta):
         model = Message

@@ -30,7 +30,7 @@ ANSWERS = {
     "400": "Invalid input: the body names each field in error.",
     "401": "No or an invalid, expired or revoked token.",
     "403": "Your role may not do this in this clinic.",
-    "404": "Not found (or in a clinic you do not belong to).",
+    "404": "Not found (or in a clinic you do not belong to); for a list, a page past the last.",
     "429": "Too many requests for this token: retry after the Retry-After seconds.",
 }
 
@@ -42,8 +42,6 @@ def add_error_responses(result: dict[str, Any], generator: Any, request: Any, pu
         for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
             for code, description in ANSWERS.items():
-                if code == "404" and "{" not in path:
-                    continue  # lists and creates have no object to miss
                 if code == "400" and method == "get" and "{" in path:
                     continue
                 responses.setdefault(

@@ -10,9 +10,9 @@ from datetime import datetime
 from typing import Any
 
 from django.db import models
-from django.utils import timezone
 from rest_framework import serializers
 
+from api.fields import AwareDateTimeField, LocalTimeField
 from api.viewsets import WritableRelatedField
 from notifications.models import Escalation, Message
 from patients.models import Caregiver, Clinic, Patient
@@ -23,26 +23,19 @@ from pumps.services import PumpState
 WARNING_CODES = [(r.value, r.value) for r in domain.Rule]
 
 
-class AwareDateTimeField(serializers.DateTimeField):
-    default_error_messages = {
-        "naive": "Include a UTC offset, e.g. 2027-02-01T09:00:00Z or 2027-02-01T10:00:00+01:00.",
-    }
-
-    def enforce_timezone(self, value: datetime) -> datetime:
-        if timezone.is_naive(value):
-            self.fail("naive")
-        return super().enforce_timezone(value)
-
-
 class ModelSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
-    serializer_field_mapping = {**serializers.ModelSerializer.serializer_field_mapping, models.DateTimeField: AwareDateTimeField}
+    serializer_field_mapping = {
+        **serializers.ModelSerializer.serializer_field_mapping,
+        models.DateTimeField: AwareDateTimeField,
+        models.TimeField: LocalTimeField,
+    }
 
 
 class UserField(serializers.SlugRelatedField):  # type: ignore[type-arg]
     """Who recorded something, by username (read-only)."""
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(slug_field="username", read_only=True, **kwargs)
+        super().__init__(slug_field="username", read_only=True, allow_null=True, **kwargs)
 
 
 # ----------------------------------------------------------------------------- clinics and patients

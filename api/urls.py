@@ -1,5 +1,6 @@
 """`/api/v1/`: the names integrations rely on (DESIGN.md "API contract")."""
 
+from django.urls import re_path
 from rest_framework.routers import DefaultRouter
 
 from api import views
@@ -16,4 +17,4 @@ router.register("events", views.EventViewSet)
 router.register("messages", views.MessageViewSet)
 router.register("escalations", views.EscalationViewSet)
 
-urlpatterns = router.urls
+urlpatterns = [*router.urls, re_path(r"^(?P<path>.*)$", views.not_found)]

@@ -13,7 +13,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
-from rest_framework.decorators import action
+from rest_framework.decorators import action, api_view
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -104,6 +104,7 @@ class PumpModelViewSet(viewsets.ReadOnlyModelViewSet):  # type: ignore[type-arg]
 
     queryset = PumpModel.objects.all()
     serializer_class = s.PumpModelSerializer
+    lookup_value_regex = "[0-9]+"
     ordering_fields = ["manufacturer", "name", "model_number", "id"]
     filterset_fields = ["manufacturer", "model_number", "mri_rule"]
 
@@ -365,7 +366,7 @@ class MessageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ClinicSco
 class EscalationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ClinicScopedViewSet):
     """Staff tasks raised when a message cannot do its job; acknowledge, then resolve."""
 
-    queryset = Escalation.objects.select_related("acknowledged_by", "resolved_by")
+    queryset = Escalation.objects.select_related("acknowledged_by", "resolved_by").order_by("-raised_at", "-pk")
     serializer_class = s.EscalationSerializer
     clinic_lookup = "clinic"
     write_label = "notifications.escalation"
@@ -399,3 +400,10 @@ class EscalationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Clinic
             escalation, by=request.user, now=timezone.now(), resolution=body.validated_data["resolution"].strip()
         )
         return Response(self.get_serializer(self.get_object()).data)
+
+
+@extend_schema(exclude=True)
+@api_view(["GET", "POST", "PUT", "PATCH", "DELETE"])
+def not_found(request: Request, path: str = "") -> Response:
+    """Any other path under /api/v1/: a JSON 404, like every other answer of the API."""
+    return Response({"detail": "Not found."}, status=status.HTTP_404_NOT_FOUND)

@@ -46,7 +46,7 @@ class ClinicScopedMixin:
 
 
 class ClinicScopedViewSet(ClinicScopedMixin, viewsets.GenericViewSet):  # type: ignore[type-arg]
-    pass
+    lookup_value_regex = "[0-9]+"
 
 
 class WritableRelatedField(serializers.PrimaryKeyRelatedField):  # type: ignore[type-arg]

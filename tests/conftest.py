@@ -261,6 +261,14 @@ def celery_worker_process(django_db_setup: None, tmp_path_factory: pytest.TempPa
         stop_worker(worker)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cache() -> None:
+    """Throttle counters live in the cache; under a frozen clock they would carry over."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 # ---------------------------------------------------------------------------- admin tests
 # Shared by tests/test_admin.py and tests/test_review_fixes.py (helpers: admin_support.py).
 

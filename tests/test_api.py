@@ -9,7 +9,6 @@ import pytest
 import time_machine
 from admin_support import NOW, VISIT_AT, staff
 from api_support import api_client, token_for
-from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from factories import IMPLANTED_AT, CaregiverFactory, fill, implanted_pump, screened_patient
@@ -23,11 +22,6 @@ from patients.models import Clinic, Patient, Role
 from pumps.models import ClinicalEvent, EventKind, Program, Pump, PumpStatus, Refill
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen_clock")]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_throttle() -> None:
-    cache.clear()
 
 
 def refill_body(pump: Pump, **changes: Any) -> dict[str, Any]:
