@@ -28,3 +28,10 @@ class IsClinicMember(permissions.BasePermission):
         if request.method in permissions.SAFE_METHODS:
             return True
         return may_write(request.user, view.write_label, view.clinic_of(obj))
+
+
+class IsMember(permissions.BasePermission):
+    """Staff with a role in a clinic, for their own things (their API tokens)."""
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return is_member(request.user)

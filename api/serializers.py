@@ -13,6 +13,7 @@ from django.db import models
 from rest_framework import serializers
 
 from api.fields import AwareDateTimeField, LocalTimeField
+from api.models import ApiToken
 from api.viewsets import WritableRelatedField
 from notifications.models import Escalation, Message
 from patients.models import Caregiver, Clinic, Patient
@@ -421,3 +422,19 @@ class EscalationSerializer(ModelSerializer):
 
 class ResolveSerializer(serializers.Serializer):  # type: ignore[type-arg]
     resolution = serializers.CharField(max_length=300, help_text="What was done.")
+
+
+# ----------------------------------------------------------------------------- tokens
+
+
+class ApiTokenSerializer(ModelSerializer):
+    user = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    key = serializers.SerializerMethodField(help_text="Only in the answer that creates the token: it is not stored.")
+
+    class Meta:
+        model = ApiToken
+        fields = ["id", "name", "user", "prefix", "key", "created_at", "expires_at", "last_used_at", "revoked_at"]
+        read_only_fields = ["prefix", "created_at", "last_used_at", "revoked_at"]
+
+    def get_key(self, token: ApiToken) -> str | None:
+        return self.context.get("key")

@@ -16,5 +16,6 @@ router.register("screenings", views.ScreeningViewSet)
 router.register("events", views.EventViewSet)
 router.register("messages", views.MessageViewSet)
 router.register("escalations", views.EscalationViewSet)
+router.register("tokens", views.TokenViewSet, basename="token")
 
 urlpatterns = [*router.urls, re_path(r"^(?P<path>.*)$", views.not_found)]

@@ -13,6 +13,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.authentication import BasicAuthentication, SessionAuthentication
 from rest_framework.decorators import action, api_view
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
@@ -20,6 +21,10 @@ from rest_framework.response import Response
 
 from api import filters
 from api import serializers as s
+from api.authentication import HashedTokenAuthentication
+from api.models import ApiToken
+from api.permissions import IsMember
+from api.services import issue_token, revoke_token
 from api.viewsets import ClinicScopedViewSet
 from notifications import services as notification_services
 from notifications.models import Escalation, EscalationStatus, Message
@@ -400,6 +405,40 @@ class EscalationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Clinic
             escalation, by=request.user, now=timezone.now(), resolution=body.validated_data["resolution"].strip()
         )
         return Response(self.get_serializer(self.get_object()).data)
+
+
+class TokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet):  # type: ignore[type-arg]
+    """Your own API tokens. Create one with your password (HTTP Basic) or a signed-in
+    session; the key is in that answer only. A token cannot create more tokens, so a
+    leaked key cannot outlive its revocation. Staff also manage tokens in the admin."""
+
+    serializer_class = s.ApiTokenSerializer
+    authentication_classes = [HashedTokenAuthentication, BasicAuthentication, SessionAuthentication]
+    permission_classes = [IsMember]
+    lookup_value_regex = "[0-9]+"
+    ordering_fields = ["created_at", "id"]
+
+    def get_queryset(self) -> QuerySet[ApiToken]:
+        if getattr(self, "swagger_fake_view", False):
+            return ApiToken.objects.none()
+        return ApiToken.objects.filter(user=self.request.user).select_related("user").order_by("-created_at")
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        if isinstance(request.auth, ApiToken):
+            raise PermissionDenied("Create tokens with your password or in the admin, not with another token.")
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        v = serializer.validated_data
+        token, key = issue_token(user=request.user, name=v["name"], by=request.user, expires_at=v.get("expires_at"))
+        return Response(s.ApiTokenSerializer(token, context={"key": key}).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses={200: s.ApiTokenSerializer})
+    @action(detail=True, methods=["post"])
+    def revoke(self, request: Request, pk: str | None = None) -> Response:
+        token = self.get_object()
+        revoke_token(token, now=timezone.now())
+        token.refresh_from_db()
+        return Response(self.get_serializer(token).data)
 
 
 @extend_schema(exclude=True)

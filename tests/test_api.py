@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -711,3 +712,40 @@ def test_the_schema_and_docs_are_served_without_a_cdn() -> None:
         html = client.get(page).content.decode()
         assert "cdn.jsdelivr.net" not in html and "unpkg.com" not in html
         assert "/static/drf_spectacular_sidecar/" in html
+
+
+# ----------------------------------------------------------------------------- token endpoint
+
+
+def test_a_member_creates_a_token_with_their_password_and_uses_it(clinic_a: Clinic) -> None:
+    user = staff((clinic_a, Role.NURSE))
+    user.set_password("correct horse")
+    user.save()
+    client = APIClient()
+    assert client.post("/api/v1/tokens/", {"name": "scheduler"}, format="json").status_code == 401
+    client.credentials(HTTP_AUTHORIZATION="Basic " + base64.b64encode(f"{user.username}:wrong".encode()).decode())
+    assert client.post("/api/v1/tokens/", {"name": "scheduler"}, format="json").status_code == 401
+    client.credentials(HTTP_AUTHORIZATION="Basic " + base64.b64encode(f"{user.username}:correct horse".encode()).decode())
+    created = client.post("/api/v1/tokens/", {"name": "scheduler"}, format="json")
+    assert created.status_code == 201
+    key = created.json()["key"]
+    assert key.startswith("pt_") and created.json()["prefix"] == key[:10]
+    assert all(t["key"] is None for t in client.get("/api/v1/tokens/").json()["results"])
+
+    with_token = APIClient()
+    with_token.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    assert with_token.get("/api/v1/pumps/").status_code == 200
+    # A token cannot mint more tokens (a leaked key must not outlive its revocation).
+    assert with_token.post("/api/v1/tokens/", {"name": "copy"}, format="json").status_code == 403
+    assert with_token.post(f"/api/v1/tokens/{created.json()['id']}/revoke/").json()["revoked_at"] is not None
+    assert with_token.get("/api/v1/pumps/").status_code == 401
+
+
+def test_another_users_tokens_are_not_found(clinic_a: Clinic) -> None:
+    owner, other = staff((clinic_a, Role.NURSE)), staff((clinic_a, Role.NURSE))
+    token_for(owner)
+    token = ApiToken.objects.get(user=owner)
+    client = api_client(other)
+    assert token.pk not in {t["id"] for t in client.get("/api/v1/tokens/").json()["results"]}
+    assert client.post(f"/api/v1/tokens/{token.pk}/revoke/").status_code == 404
+    assert ApiToken.objects.get(pk=token.pk).revoked_at is None

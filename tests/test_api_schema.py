@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance, status_code_conformance
 
+from api.models import ApiToken
 from notifications import services as notification_services
 from notifications.models import EscalationReason, Message, Severity
 from patients.models import Patient, Role
@@ -77,7 +78,9 @@ def seeded(pump_a: Pump, clinic_b: Any, settings: Any) -> dict[str, Any]:
         "messages": Message.objects.filter(pump=pump_a).first().pk,
         "escalations": esc.pk,
     }
-    return {"token": token_for(user), "ids": ids}
+    key = token_for(user)
+    ids["tokens"] = ApiToken.objects.get(user=user).pk
+    return {"token": key, "ids": ids}
 
 
 @pytest.mark.django_db
