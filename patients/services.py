@@ -9,7 +9,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
-from patients.models import ORIGIN_BY_DIAGNOSIS, Caregiver, Clinic, Patient
+from patients.models import ORIGIN_BY_DIAGNOSIS, Caregiver, Clinic, Diagnosis, Patient
 from pumps import services as pump_services
 from pumps.models import Pump
 
@@ -87,8 +87,9 @@ def _replace_caregivers(patient: Patient, rows: Sequence[dict[str, Any]]) -> boo
 
 def create_patient(fields: dict[str, Any], *, caregivers: Sequence[dict[str, Any]] = ()) -> Patient:
     patient = Patient(**fields)
-    if not patient.spasticity_origin and patient.diagnosis in ORIGIN_BY_DIAGNOSIS:
-        patient.spasticity_origin = ORIGIN_BY_DIAGNOSIS[patient.diagnosis]
+    origin = ORIGIN_BY_DIAGNOSIS.get(Diagnosis(patient.diagnosis)) if patient.diagnosis in Diagnosis.values else None
+    if not patient.spasticity_origin and origin is not None:
+        patient.spasticity_origin = origin
     patient.full_clean(validate_unique=False, validate_constraints=False)
     _check_mrn(patient)
     try:
