@@ -35,6 +35,9 @@ app.conf.beat_schedule = {
     "plan-messages": {"task": "notifications.tasks.plan_sweep", "schedule": 15 * 60},
     # Send what is due.
     "dispatch-messages": {"task": "notifications.tasks.dispatch_sweep", "schedule": 60},
+    # Outbound webhooks: queue retries that are due and deliveries a lost task or a dead
+    # worker left behind (webhooks/services.py dispatch_due).
+    "dispatch-webhooks": {"task": "webhooks.tasks.webhook_sweep", "schedule": 30},
     "recompute-refill-schedules": {
         "task": "pumps.tasks.recompute_all_schedules",
         "schedule": 60 * 60,

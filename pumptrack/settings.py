@@ -279,3 +279,13 @@ PUMPTRACK_WEBHOOK_DISABLE_AFTER_FAILURES = env_int("PUMPTRACK_WEBHOOK_DISABLE_AF
 PUMPTRACK_WEBHOOK_SECRET_ROTATION_GRACE_SECONDS = env_int("PUMPTRACK_WEBHOOK_SECRET_ROTATION_GRACE_SECONDS", 86400, minimum=0)
 # How many deliveries one sweep queues.
 PUMPTRACK_WEBHOOK_DISPATCH_BATCH = env_int("PUMPTRACK_WEBHOOK_DISPATCH_BATCH", 1000, minimum=1)
+# The webhook enums under their own names in the OpenAPI schema; screenings keep "OutcomeEnum"
+# (without it, two "outcome" fields would give theirs a hashed name).
+SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"].update(  # type: ignore[attr-defined]
+    {
+        "OutcomeEnum": "pumps.models.ScreeningOutcome",
+        "WebhookEventTypeEnum": "webhooks.models.EventType",
+        "WebhookDeliveryStatusEnum": "webhooks.models.DeliveryStatus",
+        "WebhookAttemptOutcomeEnum": "webhooks.models.AttemptOutcome",
+    }
+)
