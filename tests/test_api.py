@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import time_machine
-from admin_support import NOW, VISIT_AT, staff
+from admin_support import NOW, VISIT_AT, client_for, staff
 from api_support import api_client, token_for
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -749,3 +749,28 @@ def test_another_users_tokens_are_not_found(clinic_a: Clinic) -> None:
     assert token.pk not in {t["id"] for t in client.get("/api/v1/tokens/").json()["results"]}
     assert client.post(f"/api/v1/tokens/{token.pk}/revoke/").status_code == 404
     assert ApiToken.objects.get(pk=token.pk).revoked_at is None
+
+
+# ----------------------------------------------------------------------------- tokens in the admin
+
+
+def test_staff_create_a_token_in_the_admin_and_see_its_key_once(clinic_a: Clinic) -> None:
+    nurse, other = staff((clinic_a, Role.NURSE)), staff((clinic_a, Role.NURSE))
+    client = client_for(nurse)
+    response = client.post("/admin/api/apitoken/add/", {"name": "EHR bridge", "user": other.pk}, follow=True)
+    shown = [str(m) for m in response.context["messages"]]
+    key = shown[0].rsplit(": ", 1)[1]
+    token = ApiToken.objects.get(name="EHR bridge")
+    assert token.user == nurse  # only a superuser issues tokens for someone else
+    assert token.key_digest == digest(key) and key not in str(ApiToken.objects.filter(pk=token.pk).values().get())
+    page = client.get(f"/admin/api/apitoken/{token.pk}/change/").content.decode()
+    assert key not in page and token.prefix in page
+    assert (
+        client_for(other).get(f"/admin/api/apitoken/{token.pk}/change/").status_code == 302
+    )  # "does not exist": back to the list
+
+    client.post("/admin/api/apitoken/", {"action": "revoke", "_selected_action": [token.pk]})
+    assert ApiToken.objects.get(pk=token.pk).revoked_at == NOW
+    with_key = APIClient()
+    with_key.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    assert with_key.get("/api/v1/pumps/").status_code == 401
