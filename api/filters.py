@@ -10,6 +10,7 @@ import django_filters
 from django.db import models
 from django.db.models import Q, QuerySet
 from django.utils import timezone
+from rest_framework.filters import OrderingFilter
 
 from api.fields import StorableIsoDateTimeRangeField
 from notifications.models import Escalation, Message, Status
@@ -38,6 +39,26 @@ class DateTimeRangeFilter(django_filters.IsoDateTimeFromToRangeFilter):
     field_class = StorableIsoDateTimeRangeField
 
 
+class StableOrderingFilter(OrderingFilter):
+    """Ordering that always ends with the id, so that pages cut from it never repeat or skip
+    a row when the sort key ties (two patients named Garcia, pumps due the same day)."""
+
+    def get_ordering(self, request: Any, queryset: QuerySet[Any], view: Any) -> list[Any]:
+        ordering = list(super().get_ordering(request, queryset, view) or queryset.query.order_by or queryset.model._meta.ordering)
+        aliases = getattr(view, "ordering_aliases", {})
+        ordering = [
+            (o[0] if o.startswith("-") else "") + aliases[o.lstrip("-")] if isinstance(o, str) and o.lstrip("-") in aliases else o
+            for o in ordering
+        ]
+        names = {o if isinstance(o, str) else "" for o in ordering}
+        if not names & {"pk", "-pk", "id", "-id"}:
+            ordering.append("pk")
+        return ordering
+
+    def filter_queryset(self, request: Any, queryset: QuerySet[Any], view: Any) -> QuerySet[Any]:
+        return queryset.order_by(*self.get_ordering(request, queryset, view))
+
+
 class FilterSet(django_filters.FilterSet):
     class Meta:
         # A related id filters by number: no lookup of the related row, so another clinic's
@@ -49,6 +70,7 @@ class PumpFilter(FilterSet):
     due_within = django_filters.NumberFilter(
         method="filter_due_within",
         min_value=0,
+        max_value=3660,
         label="Active pumps whose refill-by date is within this many days (overdue ones included).",
     )
     overdue = django_filters.BooleanFilter(method="filter_overdue", label="Active pumps past their refill-by date.")

@@ -251,7 +251,7 @@ class ProgramSerializer(AcknowledgementMixin, ModelSerializer):
         help_text='Flex mode: [{"starts": "HH:MM", "mcg_per_hour": "12.5"}, ...] covering 24 h.',
     )
     author = UserField()
-    change_pct = serializers.DecimalField(max_digits=9, decimal_places=1, read_only=True, allow_null=True)
+    change_pct = serializers.DecimalField(max_digits=None, decimal_places=1, read_only=True, allow_null=True)
 
     class Meta:
         model = Program
@@ -279,7 +279,7 @@ class ProgramSerializer(AcknowledgementMixin, ModelSerializer):
 class ProgramPreviewSerializer(serializers.Serializer):  # type: ignore[type-arg]
     dose_mcg_per_day = serializers.DecimalField(max_digits=9, decimal_places=3)
     previous_dose_mcg_per_day = serializers.DecimalField(max_digits=9, decimal_places=3, allow_null=True)
-    change_pct = serializers.DecimalField(max_digits=9, decimal_places=1, allow_null=True)
+    change_pct = serializers.DecimalField(max_digits=None, decimal_places=1, allow_null=True)
     warnings = WarningSerializer(many=True)
     alarm_on = serializers.DateField(allow_null=True)
     refill_by = serializers.DateField(allow_null=True)

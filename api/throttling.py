@@ -26,3 +26,16 @@ class TokenRateThrottle(SimpleRateThrottle):
         else:
             ident = f"addr:{self.get_ident(request)}"
         return self.cache_format % {"scope": self.scope, "ident": ident}
+
+
+class PasswordThrottle(SimpleRateThrottle):
+    """Password attempts per client address. DRF authenticates before it throttles, so a
+    wrong password would never be counted: the view checks this before authenticating."""
+
+    scope = "password"
+
+    def get_rate(self) -> str | None:
+        return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)  # type: ignore[no-any-return]
+
+    def get_cache_key(self, request: Request, view: Any) -> str | None:
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}

@@ -4,6 +4,7 @@ from django.urls import re_path
 from rest_framework.routers import DefaultRouter
 
 from api import views
+from webhooks import api as webhooks_api
 
 router = DefaultRouter()
 router.register("clinics", views.ClinicViewSet)
@@ -17,5 +18,7 @@ router.register("events", views.EventViewSet)
 router.register("messages", views.MessageViewSet)
 router.register("escalations", views.EscalationViewSet)
 router.register("tokens", views.TokenViewSet, basename="token")
+router.register("webhook-endpoints", webhooks_api.WebhookEndpointViewSet)
+router.register("webhook-deliveries", webhooks_api.WebhookDeliveryViewSet)
 
 urlpatterns = [*router.urls, re_path(r"^(?P<path>.*)$", views.not_found)]

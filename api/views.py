@@ -25,9 +25,10 @@ from api.authentication import HashedTokenAuthentication
 from api.models import ApiToken
 from api.permissions import IsMember
 from api.services import issue_token, revoke_token
+from api.throttling import PasswordThrottle
 from api.viewsets import ClinicScopedViewSet
 from notifications import services as notification_services
-from notifications.models import Escalation, EscalationStatus, Message
+from notifications.models import SEVERITY_RANK, Escalation, EscalationStatus, Message
 from patients import services as patient_services
 from patients.access import is_clinician, may_set_phase, may_write
 from patients.models import Clinic, Patient
@@ -371,12 +372,18 @@ class MessageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ClinicSco
 class EscalationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ClinicScopedViewSet):
     """Staff tasks raised when a message cannot do its job; acknowledge, then resolve."""
 
-    queryset = Escalation.objects.select_related("acknowledged_by", "resolved_by").order_by("-raised_at", "-pk")
+    queryset = (
+        Escalation.objects.select_related("acknowledged_by", "resolved_by")
+        .annotate(severity_rank=SEVERITY_RANK)
+        .order_by("-raised_at", "-pk")
+    )
     serializer_class = s.EscalationSerializer
     clinic_lookup = "clinic"
     write_label = "notifications.escalation"
     filterset_class = filters.EscalationFilter
-    ordering_fields = ["raised_at", "severity", "id"]
+    ordering_fields = ["raised_at", "severity", "status", "id"]
+    # `severity` sorts by rank (info < warning < critical), not alphabetically.
+    ordering_aliases = {"severity": "severity_rank"}
 
     def _act(self) -> Escalation:
         escalation: Escalation = self.get_object()
@@ -417,6 +424,13 @@ class TokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Crea
     permission_classes = [IsMember]
     lookup_value_regex = "[0-9]+"
     ordering_fields = ["created_at", "id"]
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        if request.META.get("HTTP_AUTHORIZATION", "").lower().startswith("basic "):
+            throttle = PasswordThrottle()
+            if not throttle.allow_request(request, self):
+                self.throttled(request, throttle.wait())
+        super().initial(request, *args, **kwargs)
 
     def get_queryset(self) -> QuerySet[ApiToken]:
         if getattr(self, "swagger_fake_view", False):

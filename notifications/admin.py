@@ -26,6 +26,7 @@ from django.utils.safestring import SafeString, mark_safe
 from notifications import services
 from notifications.models import (
     OPEN_STATES,
+    SEVERITY_RANK,
     Attempt,
     BlockMethod,
     Channel,
@@ -176,12 +177,6 @@ class MessageAdmin(ClinicScopedAdmin):
 
 # ----------------------------------------------------------------------------- escalations
 
-SEVERITY_ORDER = Case(
-    When(severity=Severity.CRITICAL, then=Value(0)),
-    When(severity=Severity.WARNING, then=Value(1)),
-    default=Value(2),
-    output_field=IntegerField(),
-)
 STATUS_ORDER = Case(
     When(status=EscalationStatus.OPEN, then=Value(0)),
     When(status=EscalationStatus.ACKNOWLEDGED, then=Value(1)),
@@ -222,7 +217,7 @@ class EscalationAdmin(ClinicScopedAdmin):
     list_filter = ["status", "severity", "reason", ("clinic", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["patient__mrn", "patient__family_name", "pump__serial_number", "detail"]
     list_select_related = ["patient", "pump__model", "acknowledged_by", "resolved_by"]
-    ordering = [STATUS_ORDER.asc(), SEVERITY_ORDER.asc(), "-raised_at"]
+    ordering = [STATUS_ORDER.asc(), SEVERITY_RANK.desc(), "-raised_at"]
     actions = ["acknowledge", "resolve"]
     fieldsets = [
         (None, {"fields": ["severity", "reason", "status", "detail", "patient_link", "pump_link", "clinic", "raised_at"]}),
@@ -244,7 +239,7 @@ class EscalationAdmin(ClinicScopedAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    @admin.display(description="severity", ordering=SEVERITY_ORDER.asc())
+    @admin.display(description="severity", ordering=SEVERITY_RANK.desc())
     def severity_label(self, obj: Escalation) -> SafeString:
         label = obj.get_severity_display()
         return format_html('<span class="{}">{}</span>', "pt-flag" if obj.severity == Severity.CRITICAL else "", label)
@@ -491,7 +486,7 @@ def pump_messages_panel(pump: Pump) -> str:
             "upcoming": rows.filter(status__in=[*OPEN_STATES, Status.SENDING]).order_by("due_at", "pk")[:12],
             "recent": rows.exclude(status__in=[*OPEN_STATES, Status.SENDING]).order_by("-updated_at", "-pk")[:12],
             "escalations": pump.escalations.exclude(status=EscalationStatus.RESOLVED).order_by(
-                STATUS_ORDER.asc(), SEVERITY_ORDER.asc(), "-raised_at"
+                STATUS_ORDER.asc(), SEVERITY_RANK.desc(), "-raised_at"
             ),
             "messages_url": reverse("admin:notifications_message_changelist") + f"?pump__id__exact={pump.pk}",
             "escalations_url": reverse("admin:notifications_escalation_changelist") + f"?pump__id__exact={pump.pk}",

@@ -182,6 +182,15 @@ class Severity(models.TextChoices):
     CRITICAL = "critical", "Critical"
 
 
+# Severity as a number (critical highest), for "most severe first" in the admin and the API.
+SEVERITY_RANK = models.Case(
+    models.When(severity=Severity.CRITICAL, then=models.Value(2)),
+    models.When(severity=Severity.WARNING, then=models.Value(1)),
+    default=models.Value(0),
+    output_field=models.IntegerField(),
+)
+
+
 class EscalationReason(models.TextChoices):
     OVERDUE = "overdue", "Refill overdue"
     ALARM_DATE_REACHED = "alarm_date_reached", "Low-reservoir alarm date reached"

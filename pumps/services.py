@@ -16,7 +16,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import OuterRef, Subquery
 
 from patients.models import Clinic, Patient
@@ -134,7 +134,8 @@ def pump_states(pumps: Sequence[Pump], now: datetime) -> dict[int, PumpState]:
 
 
 def _state(pump: Pump, programs: Sequence[Program], fill: Refill | None, now: datetime) -> PumpState:
-    sched = _schedule(pump, fill, programs, at=now)
+    # An explanted or replaced pump has no volume or dates to act on.
+    sched = _schedule(pump, fill, programs, at=now) if pump.is_active else None
     return PumpState(
         program=programs[-1] if programs else None,
         last_fill=fill,
@@ -277,7 +278,27 @@ def parse_flex_steps(raw: Any) -> list[domain.FlexStep]:
     return steps
 
 
+# The largest daily dose a program record holds (dose_field: 9 digits, 3 decimals).
+MAX_STORABLE_DOSE_MCG_PER_DAY = Decimal("999999.999")
+
+
 def _program_dose(inp: ProgramInput, errors: _Errors) -> Decimal | None:
+    """The daily dose the program delivers, to the 0.001 mcg a record stores, so that the
+    rules judge exactly the dose that is saved."""
+    dose = _computed_dose(inp, errors)
+    if dose is None:
+        return None
+    if dose > MAX_STORABLE_DOSE_MCG_PER_DAY:
+        field_name = {ProgramMode.FLEX: "flex_steps", ProgramMode.PERIODIC_BOLUS: "bolus_mcg"}.get(
+            ProgramMode(inp.mode) if inp.mode in ProgramMode.values else ProgramMode.SIMPLE, "dose_mcg_per_day"
+        )
+        errors.add(field_name, f"This gives {dose:.0f} mcg/day, more than a program can record: check the units.")
+        return None
+    stored = dose.quantize(Decimal("0.001"))
+    return dose if dose == stored else stored
+
+
+def _computed_dose(inp: ProgramInput, errors: _Errors) -> Decimal | None:
     if inp.mode == ProgramMode.FLEX:
         try:
             return domain.flex_daily_dose_mcg(parse_flex_steps(inp.flex_steps))
@@ -657,14 +678,20 @@ def implant_pump(
             now=now,
             low_reservoir_alarm_ml=low_reservoir_alarm_ml,
         )
-        pump = Pump.objects.create(
-            patient=patient,
-            model=model,
-            serial_number=serial_number,
-            implanted_at=implanted_at,
-            low_reservoir_alarm_ml=alarm_ml,
-            **details,
-        )
+        try:
+            with transaction.atomic():  # a savepoint: the same serial implanted concurrently elsewhere
+                pump = Pump.objects.create(
+                    patient=patient,
+                    model=model,
+                    serial_number=serial_number,
+                    implanted_at=implanted_at,
+                    low_reservoir_alarm_ml=alarm_ml,
+                    **details,
+                )
+        except IntegrityError:
+            raise ValidationError(
+                {"serial_number": ["A pump of this model with this serial number is already recorded."]}
+            ) from None
         return recompute_schedule(pump)  # due at once until its program and fill are recorded
 
 
