@@ -223,7 +223,8 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "pumptrack API",
     "DESCRIPTION": (
         "Intrathecal baclofen pump records, refill arithmetic and reminders. "
-        "Authenticate with `Authorization: Token <key>` (tokens are created by staff in the admin)."
+        "Authenticate with `Authorization: Token <key>`. Staff create tokens in the admin, or with their "
+        "password (HTTP Basic) at `POST /api/v1/tokens/`; the key is shown once."
     ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
