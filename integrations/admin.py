@@ -8,7 +8,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
@@ -89,6 +89,11 @@ class CalendarFeedAdmin(ClinicScopedAdmin):
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         if change:  # an add was saved whole by the service
             super().save_related(request, form, formsets, change)
+
+    def response_add(self, request: HttpRequest, obj: CalendarFeed, post_url_continue: str | None = None) -> HttpResponse:
+        # The address is what staff came for: say it at once, not one click away.
+        self.message_user(request, f"Subscribe to {obj} at: {services.feed_url(obj)}", messages.SUCCESS)
+        return super().response_add(request, obj, post_url_continue)
 
     # -- list actions
 

@@ -435,10 +435,14 @@ def test_a_nurse_creates_a_staff_feed_and_sees_its_full_url(clinic_a: Clinic, pu
     nurse = staff((clinic_a, Role.NURSE))
     client = client_for(nurse)
 
-    response = client.post(FEED_ADD, {"clinic": clinic_a.pk, "patient": "", "label": "Refill nurses", "_save": "Save"})
+    response = client.post(
+        FEED_ADD, {"clinic": clinic_a.pk, "patient": "", "label": "Refill nurses", "_save": "Save"}, follow=True
+    )
 
-    assert response.status_code == 302
+    assert response.redirect_chain[0][1] == 302
     feed = CalendarFeed.objects.get()
+    shown = [str(m) for m in response.context["messages"]]
+    assert f"Subscribe to {feed} at: http://127.0.0.1:8000{services.feed_path(feed)}" in shown
     assert (feed.clinic, feed.patient, feed.created_by, feed.created_at) == (clinic_a, None, nurse, NOW)
     page = client.get(reverse("admin:integrations_calendarfeed_change", args=[feed.pk])).content.decode()
     assert "http://127.0.0.1:8000" + services.feed_path(feed) in page
