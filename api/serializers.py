@@ -19,7 +19,7 @@ from notifications.models import Escalation, Message
 from patients.models import Caregiver, Clinic, Patient
 from pumps import domain
 from pumps.models import ClinicalEvent, Program, ProgramMode, Pump, PumpModel, Refill, ScreeningTrial
-from pumps.services import PumpState
+from pumps.services import IMPLANT_FIELDS, PumpState
 
 WARNING_CODES = [(r.value, r.value) for r in domain.Rule]
 
@@ -187,17 +187,7 @@ class PumpCreateSerializer(ModelSerializer):
 
     class Meta:
         model = Pump
-        fields = [
-            "patient",
-            "model",
-            "serial_number",
-            "udi",
-            "implanted_at",
-            "implanting_physician",
-            "following_physician",
-            "low_reservoir_alarm_ml",
-            "estimated_end_of_service_on",
-        ]
+        fields = list(IMPLANT_FIELDS)
         validators: list[Any] = []  # serial uniqueness is checked by the service, naming the field
 
 

@@ -212,49 +212,6 @@ def _program_input(values: dict[str, Any]) -> pump_services.ProgramInput:
     )
 
 
-@extend_schema_view(create=extend_schema(responses={201: s.ProgramSerializer, 400: WARNINGS_400}))
-class ProgramViewSet(ReadCreateViewSet):
-    """Programming changes. A change that trips a dose-safety rule answers 400 with
-    `{"warnings": [{"code", "message"}]}`; send it again with `acknowledged_warnings` (the
-    codes) and a `reason` to record it, acknowledgement stored (DESIGN "Dose-change safety")."""
-
-    queryset = Program.objects.select_related("author")
-    serializer_class = s.ProgramSerializer
-    clinic_lookup = "pump__patient__clinic"
-    write_label = "pumps.program"
-    filterset_class = filters.ProgramFilter
-    ordering_fields = ["effective_at", "created_at", "id"]
-
-    def perform_create(self, serializer: s.ProgramSerializer) -> None:
-        values = _values(serializer)
-        serializer.instance = pump_services.change_program(
-            values["pump"],
-            _program_input(values),
-            by=self.request.user,
-            now=timezone.now(),
-            acknowledged=values.get("acknowledged_warnings", []),
-            reason=values.get("reason", ""),
-        )
-
-    @extend_schema(request=s.ProgramSerializer, responses={200: s.ProgramPreviewSerializer, 400: WARNINGS_400})
-    @action(detail=False, methods=["post"])
-    def preview(self, request: Request) -> Response:
-        """What the change would do (warnings, new alarm and refill-by dates), writing nothing."""
-        body = self.get_serializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        values = _values(body)
-        p = pump_services.preview_program(values["pump"], _program_input(values), timezone.now())
-        data = {
-            "dose_mcg_per_day": p.dose_mcg_per_day,
-            "previous_dose_mcg_per_day": p.previous_dose_mcg_per_day,
-            "change_pct": p.change_pct,
-            "warnings": [{"code": w.code.value, "message": w.message} for w in p.warnings],
-            "alarm_on": p.alarm_on,
-            "refill_by": p.refill_by,
-        }
-        return Response(s.ProgramPreviewSerializer(data).data)
-
-
 def _refill_input(values: dict[str, Any]) -> pump_services.RefillInput:
     optional = ("drug_product", "drug_lot", "expires_on", "method", "notes")
     return pump_services.RefillInput(
@@ -266,8 +223,78 @@ def _refill_input(values: dict[str, Any]) -> pump_services.RefillInput:
     )
 
 
+def _warnings(preview: pump_services.ProgramPreview | pump_services.RefillPreview) -> list[dict[str, str]]:
+    return [{"code": w.code.value, "message": w.message} for w in preview.warnings]
+
+
+class AcknowledgedRecordViewSet(ReadCreateViewSet):
+    """Records written by a service that refuses unacknowledged warnings, with a `preview`
+    action that runs the same checks and arithmetic and writes nothing (as the admin's
+    two-step forms do)."""
+
+    to_input: Any  # validated values -> the service's input
+    recorder: Any  # pump_services.change_program / record_refill
+    previewer: Any  # pump_services.preview_program / preview_refill
+    preview_serializer: type[serializers.Serializer]  # type: ignore[type-arg]
+
+    def preview_data(self, preview: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def perform_create(self, serializer: serializers.Serializer) -> None:  # type: ignore[type-arg]
+        values = _values(serializer)
+        serializer.instance = type(self).recorder(
+            values["pump"],
+            type(self).to_input(values),
+            by=self.request.user,
+            now=timezone.now(),
+            acknowledged=values.get("acknowledged_warnings", []),
+            reason=values.get("reason", ""),
+        )
+
+    def answer_preview(self, request: Request) -> Response:
+        body = self.get_serializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        values = _values(body)
+        preview = type(self).previewer(values["pump"], type(self).to_input(values), timezone.now())
+        return Response(self.preview_serializer(self.preview_data(preview)).data)
+
+
+@extend_schema_view(create=extend_schema(responses={201: s.ProgramSerializer, 400: WARNINGS_400}))
+class ProgramViewSet(AcknowledgedRecordViewSet):
+    """Programming changes. A change that trips a dose-safety rule answers 400 with
+    `{"warnings": [{"code", "message"}]}`; send it again with `acknowledged_warnings` (the
+    codes) and a `reason` to record it, acknowledgement stored (DESIGN "Dose-change safety")."""
+
+    queryset = Program.objects.select_related("author")
+    serializer_class = s.ProgramSerializer
+    clinic_lookup = "pump__patient__clinic"
+    write_label = "pumps.program"
+    filterset_class = filters.ProgramFilter
+    ordering_fields = ["effective_at", "created_at", "id"]
+    to_input = staticmethod(_program_input)
+    recorder = staticmethod(pump_services.change_program)
+    previewer = staticmethod(pump_services.preview_program)
+    preview_serializer = s.ProgramPreviewSerializer
+
+    def preview_data(self, preview: pump_services.ProgramPreview) -> dict[str, Any]:
+        return {
+            "dose_mcg_per_day": preview.dose_mcg_per_day,
+            "previous_dose_mcg_per_day": preview.previous_dose_mcg_per_day,
+            "change_pct": preview.change_pct,
+            "warnings": _warnings(preview),
+            "alarm_on": preview.alarm_on,
+            "refill_by": preview.refill_by,
+        }
+
+    @extend_schema(request=s.ProgramSerializer, responses={200: s.ProgramPreviewSerializer, 400: WARNINGS_400})
+    @action(detail=False, methods=["post"])
+    def preview(self, request: Request) -> Response:
+        """What the change would do (warnings, new alarm and refill-by dates), writing nothing."""
+        return self.answer_preview(request)
+
+
 @extend_schema_view(create=extend_schema(responses={201: s.RefillSerializer, 400: WARNINGS_400}))
-class RefillViewSet(ReadCreateViewSet):
+class RefillViewSet(AcknowledgedRecordViewSet):
     """Refills (and the initial fill). The service computes the expected residual, the
     discrepancy and its flag, and the new alarm and refill-by dates; they are stored with
     the record. A refill may never leave more than the reservoir holds."""
@@ -278,37 +305,28 @@ class RefillViewSet(ReadCreateViewSet):
     write_label = "pumps.refill"
     filterset_class = filters.RefillFilter
     ordering_fields = ["performed_at", "refill_by", "id"]
+    to_input = staticmethod(_refill_input)
+    recorder = staticmethod(pump_services.record_refill)
+    previewer = staticmethod(pump_services.preview_refill)
+    preview_serializer = s.RefillPreviewSerializer
 
-    def perform_create(self, serializer: s.RefillSerializer) -> None:
-        values = _values(serializer)
-        serializer.instance = pump_services.record_refill(
-            values["pump"],
-            _refill_input(values),
-            by=self.request.user,
-            now=timezone.now(),
-            acknowledged=values.get("acknowledged_warnings", []),
-            reason=values.get("reason", ""),
-        )
+    def preview_data(self, preview: pump_services.RefillPreview) -> dict[str, Any]:
+        return {
+            "is_initial_fill": preview.is_initial_fill,
+            "expected_residual_ml": preview.expected_residual_ml,
+            "discrepancy_ml": preview.discrepancy.discrepancy_ml if preview.discrepancy else None,
+            "discrepancy_flagged": preview.discrepancy.flagged if preview.discrepancy else False,
+            "volume_after_fill_ml": preview.volume_after_fill_ml,
+            "warnings": _warnings(preview),
+            "alarm_on": preview.alarm_on,
+            "refill_by": preview.refill_by,
+        }
 
     @extend_schema(request=s.RefillSerializer, responses={200: s.RefillPreviewSerializer, 400: WARNINGS_400})
     @action(detail=False, methods=["post"])
     def preview(self, request: Request) -> Response:
         """The refill's computed results (expected residual, discrepancy, new dates), writing nothing."""
-        body = self.get_serializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        values = _values(body)
-        p = pump_services.preview_refill(values["pump"], _refill_input(values), timezone.now())
-        data = {
-            "is_initial_fill": p.is_initial_fill,
-            "expected_residual_ml": p.expected_residual_ml,
-            "discrepancy_ml": p.discrepancy.discrepancy_ml if p.discrepancy else None,
-            "discrepancy_flagged": p.discrepancy.flagged if p.discrepancy else False,
-            "volume_after_fill_ml": p.volume_after_fill_ml,
-            "warnings": [{"code": w.code.value, "message": w.message} for w in p.warnings],
-            "alarm_on": p.alarm_on,
-            "refill_by": p.refill_by,
-        }
-        return Response(s.RefillPreviewSerializer(data).data)
+        return self.answer_preview(request)
 
 
 # ----------------------------------------------------------------------------- screening and events

@@ -456,17 +456,7 @@ class PumpAddForm(StampedForm):
 
     class Meta:
         model = Pump
-        fields = [
-            "patient",
-            "model",
-            "serial_number",
-            "udi",
-            "implanted_at",
-            "implanting_physician",
-            "following_physician",
-            "low_reservoir_alarm_ml",
-            "estimated_end_of_service_on",
-        ]
+        fields = list(services.IMPLANT_FIELDS)
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()

@@ -752,6 +752,19 @@ def set_low_reservoir_alarm(pump: Pump, alarm_ml: Decimal) -> Pump:
     return update_pump_details(pump, {"low_reservoir_alarm_ml": alarm_ml})
 
 
+# What an implant records (the admin's add form and the API's create take these).
+IMPLANT_FIELDS = (
+    "patient",
+    "model",
+    "serial_number",
+    "udi",
+    "implanted_at",
+    "implanting_physician",
+    "following_physician",
+    "low_reservoir_alarm_ml",
+    "estimated_end_of_service_on",
+)
+
 # Device details staff may correct on the pump page; everything else has its own workflow.
 PUMP_DETAIL_FIELDS = frozenset(
     {"udi", "implanting_physician", "following_physician", "low_reservoir_alarm_ml", "estimated_end_of_service_on"}
