@@ -4,6 +4,7 @@ from django.urls import re_path
 from rest_framework.routers import DefaultRouter
 
 from api import views
+from integrations import api as feeds_api
 from webhooks import api as webhooks_api
 
 router = DefaultRouter()
@@ -18,6 +19,7 @@ router.register("events", views.EventViewSet)
 router.register("messages", views.MessageViewSet)
 router.register("escalations", views.EscalationViewSet)
 router.register("tokens", views.TokenViewSet, basename="token")
+router.register("calendar-feeds", feeds_api.CalendarFeedViewSet)
 router.register("webhook-endpoints", webhooks_api.WebhookEndpointViewSet)
 router.register("webhook-deliveries", webhooks_api.WebhookDeliveryViewSet)
 

@@ -17,10 +17,12 @@ from rest_framework.test import APIClient
 
 from api.models import ApiToken, digest
 from api.services import revoke_token
+from integrations.services import issue_feed
 from notifications import services as notification_services
 from notifications.models import Escalation, EscalationReason, Message, Severity, Status
 from patients.models import Clinic, Patient, Role
 from pumps.models import ClinicalEvent, EventKind, Program, Pump, PumpStatus, Refill
+from webhooks import services as webhook_services
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen_clock")]
 
@@ -651,6 +653,10 @@ def test_filters_naming_another_clinics_ids_find_nothing(clinic_a_records: dict[
 
 
 LIST_ENDPOINTS = [
+    "calendar-feeds",
+    "tokens",
+    "webhook-endpoints",
+    "webhook-deliveries",
     "clinics",
     "patients",
     "pump-models",
@@ -672,15 +678,21 @@ def _queries(client: APIClient, url: str) -> int:
 
 @pytest.mark.parametrize("endpoint", LIST_ENDPOINTS)
 def test_a_list_runs_the_same_number_of_queries_whatever_the_page_size(endpoint: str, clinic_a: Clinic) -> None:
+    for i in range(3):
+        webhook_services.create_endpoint(clinic=clinic_a, url=f"http://127.0.0.1:9/hook{i}", by=None)
     for i in range(6):
         patient = screened_patient(clinic=clinic_a, email=f"p{i}@example.org")
+        issue_feed(clinic=clinic_a, patient=patient, label=f"portal {i}", by=None, now=NOW)
         pump = implanted_pump(patient=patient, implanted_at=IMPLANTED_AT + timedelta(hours=i))
         CaregiverFactory(patient=pump.patient)
         fill(pump, at=VISIT_AT, withdrawn_ml="28.80", volume_added_ml="40")
         ClinicalEvent.objects.create(pump=pump, kind=EventKind.INFECTION, occurred_at=VISIT_AT)
         escalation_for(pump)
     notification_services.replan_pumps(list(Pump.objects.values_list("pk", flat=True)), NOW)
-    client = api_client(staff((clinic_a, Role.VIEWER)))
+    viewer = staff((clinic_a, Role.VIEWER))
+    for i in range(3):
+        token_for(viewer, f"spare {i}")
+    client = api_client(viewer)
     client.get(f"/api/v1/{endpoint}/")  # warm: the token's last use is written once a minute
     one = _queries(client, f"/api/v1/{endpoint}/?page_size=1")
     many = _queries(client, f"/api/v1/{endpoint}/?page_size=100")

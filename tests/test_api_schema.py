@@ -19,6 +19,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance, status_code_conformance
 
 from api.models import ApiToken
+from integrations.services import issue_feed
 from notifications import services as notification_services
 from notifications.models import EscalationReason, Message, Severity
 from patients.models import Patient, Role
@@ -80,6 +81,7 @@ def seeded(pump_a: Pump, clinic_b: Any, settings: Any) -> dict[str, Any]:
         "messages": Message.objects.filter(pump=pump_a).first().pk,
         "escalations": esc.pk,
     }
+    ids["calendar-feeds"] = issue_feed(clinic=pump_a.patient.clinic, label="board", by=None, now=VISIT_AT).pk
     ids["webhook-endpoints"] = endpoint.pk
     ids["webhook-deliveries"] = endpoint.deliveries.first().pk
     key = token_for(user)
