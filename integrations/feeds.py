@@ -293,6 +293,9 @@ def patient_calendar_info(*, uid: str, clinic: ClinicInfo, language: str) -> Cal
     )
 
 
+TZ_FIRST, TZ_LAST = date(2024, 1, 1), date(2040, 1, 1)
+
+
 def build_calendar(info: CalendarInfo, drafts: Sequence[Draft], versions: Mapping[str, Version]) -> bytes:
     """The feed's bytes: the same values always give the same bytes (so the ETag holds)."""
     ordered = sorted(drafts, key=lambda d: (d.start, d.uid))
@@ -304,13 +307,22 @@ def build_calendar(info: CalendarInfo, drafts: Sequence[Draft], versions: Mappin
         # No calendar-level LAST-MODIFIED: when events leave the feed (a refill, an
         # explant) no remaining stamp moves, so it would claim nothing changed.
     )
+    # The library writes these names raw: TEXT values must escape "," and ";" (RFC 5545
+    # §3.3.11), or "St Mary, Leeds; Neuro" reaches a client as three values.
+    for name in ("NAME", "X-WR-CALNAME"):
+        if name in cal:
+            cal[name] = icalendar.vText(info.name)
+    if "X-WR-CALDESC" in cal:
+        cal["X-WR-CALDESC"] = icalendar.vText(info.description)
     # RFC 7986 REFRESH-INTERVAL needs VALUE=DURATION; X-PUBLISHED-TTL is what Outlook and
-    # older clients read. Dates are all-day (floating), so no VTIMEZONE is needed; the
-    # zone is named for clients that display it.
+    # older clients read. Dates are all-day (floating); the zone is named for clients that
+    # display it, and its VTIMEZONE keeps a feed with no dates a valid calendar (RFC 5545
+    # §3.6: at least one component). Fixed bounds keep the bytes, and so the ETag, stable.
     cal.add("refresh-interval", REFRESH_INTERVAL, parameters={"VALUE": "DURATION"})
     cal.add("x-published-ttl", icalendar.vDuration(REFRESH_INTERVAL))
     cal.add("x-wr-timezone", info.time_zone)
     cal.add("calscale", "GREGORIAN")
+    cal.add_component(icalendar.Timezone.from_tzid(info.time_zone, first_date=TZ_FIRST, last_date=TZ_LAST))
     for draft in ordered:
         version = versions[draft.uid]
         event = icalendar.Event.new(

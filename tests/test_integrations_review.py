@@ -261,3 +261,121 @@ def test_a_long_spanish_patient_feed_is_valid_rfc_5545(clinic_a: Clinic) -> None
         assert event.end > event.start  # all-day DTEND is exclusive
     unfolded = raw.replace(b"\r\n ", b"").decode()
     assert "Clínica Neurológica\\, Hospital Señor\\; Unidad de Espasticidad" in unfolded
+
+
+# ----------------------------------------------------------------------------- defects found and fixed
+
+
+# D1
+@pytest.mark.usefixtures("frozen_clock")
+@pytest.mark.parametrize("value", ["MRN%00", "http://127.0.0.1:8000/fhir/sid/clinic-{clinic}-mrn|MRN%00"])
+def test_a_nul_character_in_a_search_value_is_a_400_operation_outcome_not_a_500(clinic_a: Clinic, value: str) -> None:
+    client = api_client(staff((clinic_a, "nurse")))
+    client.raise_request_exception = False
+
+    response = client.get("/fhir/Patient?identifier=" + value.format(clinic=clinic_a.pk))
+
+    assert response.status_code == 400
+    assert response["Content-Type"] == FHIR_JSON
+    assert OperationOutcome.model_validate(response.json()).issue[0].code == "invalid"
+
+
+# D2
+def test_an_overdue_refill_appointment_says_it_is_overdue(clinic_a: Clinic, pump_a: Pump) -> None:
+    # Refill by 2027-02-03 and none recorded; a week later:
+    with time_machine.travel(datetime(2027, 2, 10, 12, tzinfo=UTC), tick=False):
+        body = api_client(staff((clinic_a, "nurse"))).get(f"/fhir/Appointment/pump-{pump_a.pk}").json()
+
+    # A past "proposed" appointment reads as a lapsed proposal; the feed stretches an overdue
+    # refill to today and says OVERDUE. The FHIR face says nothing.
+    assert "overdue" in body["description"].lower()
+
+
+# D3
+@pytest.mark.usefixtures("frozen_clock")
+def test_a_periodic_bolus_order_states_its_basal_rate_and_its_boluses(clinic_a: Clinic, pump_a: Pump) -> None:
+    program = services.change_program(
+        pump_a,
+        services.ProgramInput(
+            effective_at=VISIT_AT,
+            concentration_mcg_per_ml=Decimal("500"),
+            mode="periodic_bolus",
+            basal_mcg_per_day=Decimal("100"),
+            bolus_mcg=Decimal("25"),
+            boluses_per_day=4,
+        ),
+        by=None,
+        now=VISIT_AT,
+    )
+
+    body = api_client(staff((clinic_a, "nurse"))).get(f"/fhir/MedicationRequest/{program.pk}").json()
+
+    dosages = body["dosageInstruction"]
+    ordered_rates = [
+        dr["rateQuantity"]["value"]
+        for d in dosages
+        for dr in d.get("doseAndRate", [])
+        if "rateQuantity" in dr and dr["type"]["coding"][0]["code"] == "ordered"
+    ]
+    # 200 ug/d is the daily total; the pump's ordered continuous rate is the 100 ug/d basal.
+    assert ordered_rates == [100]
+    text = " ".join(d["text"] for d in dosages)
+    assert "100 mcg/day" in text and "25 mcg" in text  # the basal and the bolus, for people too
+
+
+# D4
+@pytest.mark.usefixtures("frozen_clock")
+def test_a_device_that_claims_us_core_has_a_udi_device_identifier(clinic_a: Clinic, pump_a: Pump) -> None:
+    services.update_pump_details(pump_a, {"udi": "+H123PUMP40001/$$3291231LOT7Y"})  # HIBCC, not read
+
+    body = api_client(staff((clinic_a, "nurse"))).get(f"/fhir/Device/{pump_a.pk}").json()
+
+    # US Core Implantable Device: udiCarrier 0..1, udiCarrier.deviceIdentifier 1..1. A label
+    # whose device identifier is not read stays as an identifier, not a broken carrier.
+    assert "udiCarrier" not in body
+    assert body["identifier"] == [{"type": {"text": "UDI as entered"}, "value": "+H123PUMP40001/$$3291231LOT7Y"}]
+
+
+# D5
+@pytest.mark.usefixtures("frozen_clock")
+def test_an_empty_searchset_has_no_empty_entry_array(clinic_a: Clinic) -> None:
+    body = api_client(staff((clinic_a, "nurse"))).get("/fhir/Device?patient=999999").json()
+
+    assert body["total"] == 0
+    assert "entry" not in body  # FHIR JSON: arrays are never empty
+
+
+# D6
+@pytest.mark.usefixtures("frozen_clock")
+@pytest.mark.parametrize("suffix", ["_format=json", "_format=application/fhir%2Bjson"])
+def test_the_format_parameter_is_honoured_on_reads_and_searches(clinic_a: Clinic, pump_a: Pump, suffix: str) -> None:
+    client = api_client(staff((clinic_a, "nurse")))
+
+    assert client.get(f"/fhir/Device/{pump_a.pk}?{suffix}").status_code == 200
+    assert client.get(f"/fhir/Device?patient={pump_a.patient_id}&{suffix}").status_code == 200
+
+
+# D7
+def test_a_feed_with_no_dates_is_still_a_valid_icalendar_object(clinic_a: Clinic, pump_a: Pump) -> None:
+    feed = feed_services.issue_feed(clinic=clinic_a, patient=pump_a.patient, label="Ann", by=None, now=NOW)
+    services.end_pump(pump_a, status=PumpStatus.EXPLANTED, on=NOW.date(), reason="infection", now=NOW)
+
+    with time_machine.travel(NOW, tick=False):
+        response = Client().get(feed_services.feed_path(feed))
+
+    # RFC 5545 §3.6: icalbody = calprops component, component = 1*(...): at least one.
+    assert icalendar.Calendar.from_ical(response.content).subcomponents
+
+
+# D8
+def test_the_calendar_name_escapes_commas_and_semicolons(clinic_a: Clinic, pump_a: Pump) -> None:
+    clinic_a.name = "St Mary, Leeds; Neuro"
+    clinic_a.save()
+    feed = feed_services.issue_feed(clinic=clinic_a, label="x", by=None, now=NOW)
+
+    with time_machine.travel(NOW, tick=False):
+        raw = Client().get(feed_services.feed_path(feed)).content.decode()
+
+    lines = raw.replace("\r\n ", "").split("\r\n")
+    # RFC 7986 NAME is TEXT: "," and ";" are escaped, as DESCRIPTION's already are.
+    assert [line for line in lines if line.startswith("NAME:")] == ["NAME:St Mary\\, Leeds\\; Neuro: ITB refills"]

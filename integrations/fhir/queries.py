@@ -16,7 +16,8 @@ from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
 from integrations.fhir import resources
 from integrations.fhir.resources import JSON
 from patients.models import Clinic, Patient
-from pumps.models import Program, Pump, PumpStatus
+from pumps.domain import local_date
+from pumps.models import Program, Pump, PumpStatus, Refill
 
 
 @dataclass(frozen=True)
@@ -144,18 +145,22 @@ def search_medication_requests(scope: Scope, params: Params) -> list[JSON]:
 # ----------------------------------------------------------------------------- Appointment
 
 
-def _appointments(pumps: Iterable[Pump]) -> list[JSON]:
-    built = (resources.appointment_resource(p, p.patient.clinic.tz) for p in pumps)
+def _appointments(scope: Scope, pumps: QuerySet[Pump]) -> list[JSON]:
+    filled = pumps.annotate(filled=Exists(Refill.objects.filter(pump=OuterRef("pk"))))
+    built = (
+        resources.appointment_resource(p, p.patient.clinic.tz, today=local_date(scope.now, p.patient.clinic.tz), filled=p.filled)
+        for p in filled
+    )
     return [a for a in built if a is not None]
 
 
 def read_appointment(scope: Scope, pump_pk: int) -> JSON | None:
-    found = _appointments(_pumps(scope).filter(pk=pump_pk))
+    found = _appointments(scope, _pumps(scope).filter(pk=pump_pk))
     return found[0] if found else None
 
 
 def search_appointments(scope: Scope, params: Params) -> list[JSON]:
-    return _appointments(_pumps(scope).filter(patient_id__in=_patient_ids(scope, params), status=PumpStatus.ACTIVE))
+    return _appointments(scope, _pumps(scope).filter(patient_id__in=_patient_ids(scope, params), status=PumpStatus.ACTIVE))
 
 
 # ----------------------------------------------------------------------------- Flag

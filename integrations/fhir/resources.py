@@ -291,10 +291,19 @@ def device_resource(pump: Pump) -> JSON:
         resource["note"] = [{"text": f"{ended}: {pump.explant_reason}" if pump.explant_reason else ended}]
     if pump.udi.strip():
         udi = parse_udi(pump.udi)
-        carrier: JSON = {"carrierHRF": udi.carrier_hrf, "entryType": "manual"}  # typed from the label by staff
         if udi.device_identifier:
-            carrier = {"deviceIdentifier": udi.device_identifier, "issuer": GS1_DI_ISSUER, **carrier}
-        resource["udiCarrier"] = [carrier]
+            resource["udiCarrier"] = [
+                {
+                    "deviceIdentifier": udi.device_identifier,
+                    "issuer": GS1_DI_ISSUER,
+                    "carrierHRF": udi.carrier_hrf,
+                    "entryType": "manual",  # typed from the label by staff
+                }
+            ]
+        else:
+            # US Core requires udiCarrier.deviceIdentifier, which is read from GS1 UDIs only:
+            # another issuer's label text is kept as an identifier rather than a broken carrier.
+            resource["identifier"] = [{"type": {"text": "UDI as entered"}, "value": udi.carrier_hrf}]
         if udi.lot_number:
             resource["lotNumber"] = udi.lot_number
         if udi.expiration_date:
@@ -341,6 +350,14 @@ def medication_request_resource(program: Program, pump: Pump) -> JSON:
         f"{quantity_text(dose)} mcg/day intrathecal baclofen {strength} mcg/mL "
         f"({quantity_text(rate_ml.quantize(Decimal('0.001')))} mL/day) by implanted pump, {mode}"
     )
+    if program.mode == ProgramMode.PERIODIC_BOLUS and program.basal_mcg_per_day is not None and program.bolus_mcg is not None:
+        text = (
+            f"{quantity_text(program.basal_mcg_per_day)} mcg/day basal plus {program.boluses_per_day} boluses of "
+            f"{quantity_text(program.bolus_mcg)} mcg a day ({text})"
+        )
+    elif program.mode == ProgramMode.FLEX and program.flex_steps:
+        steps = "; ".join(f"from {step['starts']} {step['mcg_per_hour']} mcg/hour" for step in program.flex_steps)
+        text = f"{text}: {steps}"
     return {
         "resourceType": "MedicationRequest",
         "id": str(program.pk),
@@ -351,33 +368,83 @@ def medication_request_resource(program: Program, pump: Pump) -> JSON:
         "subject": _reference("Patient", pump.patient_id),
         "authoredOn": instant(program.effective_at),
         "supportingInformation": [_reference("Device", pump.pk)],
-        "dosageInstruction": [
-            {
-                "text": text,
-                "route": INTRATHECAL_ROUTE,
-                "doseAndRate": [
-                    {
-                        "type": {"coding": [{"system": DOSE_RATE_TYPE, "code": "ordered", "display": "Ordered"}]},
-                        "rateQuantity": quantity(dose, "ug/d", "ug/d"),
-                    }
-                ],
-            }
-        ],
+        "dosageInstruction": _dosages(program, text),
     }
 
 
-def appointment_resource(pump: Pump, tz: ZoneInfo) -> JSON | None:
+def _rate_type(code: str) -> JSON:
+    return {"coding": [{"system": DOSE_RATE_TYPE, "code": code, "display": code.capitalize()}]}
+
+
+def _dosages(program: Program, text: str) -> list[JSON]:
+    """What the pump is programmed to do, as concurrent dosages (one `sequence`).
+
+    Simple: the ordered rate in ug/d. Periodic bolus: the ordered basal rate plus a dosage of
+    N boluses a day, with the daily total as a calculated rate. Flex: one ordered ug/h rate
+    per step from its start time, with the daily total as a calculated rate. An EHR can then
+    rebuild the programming, not only its total.
+    """
+    total = {"type": _rate_type("calculated"), "rateQuantity": quantity(program.dose_mcg_per_day, "ug/d", "ug/d")}
+    main: JSON = {"sequence": 1, "text": text, "route": INTRATHECAL_ROUTE}
+    if program.mode == ProgramMode.PERIODIC_BOLUS and program.basal_mcg_per_day is not None and program.bolus_mcg is not None:
+        main["doseAndRate"] = [
+            {"type": _rate_type("ordered"), "rateQuantity": quantity(program.basal_mcg_per_day, "ug/d", "ug/d")},
+            total,
+        ]
+        bolus: JSON = {
+            "sequence": 1,
+            "text": f"{quantity_text(program.bolus_mcg)} mcg bolus, {program.boluses_per_day} times a day",
+            "route": INTRATHECAL_ROUTE,
+            "timing": {"repeat": {"frequency": program.boluses_per_day or 0, "period": 1, "periodUnit": "d"}},
+            "doseAndRate": [{"type": _rate_type("ordered"), "doseQuantity": quantity(program.bolus_mcg, "ug", "ug")}],
+        }
+        return [main, bolus]
+    if program.mode == ProgramMode.FLEX and program.flex_steps:
+        main["doseAndRate"] = [total]
+        steps = [
+            {
+                "sequence": 1,
+                "text": f"from {step['starts']}: {step['mcg_per_hour']} mcg/hour",
+                "route": INTRATHECAL_ROUTE,
+                "timing": {"repeat": {"timeOfDay": [f"{step['starts']}:00"[:8]]}},
+                "doseAndRate": [
+                    {"type": _rate_type("ordered"), "rateQuantity": quantity(Decimal(str(step["mcg_per_hour"])), "ug/h", "ug/h")}
+                ],
+            }
+            for step in program.flex_steps
+        ]
+        return [main, *steps]
+    main["doseAndRate"] = [{"type": _rate_type("ordered"), "rateQuantity": quantity(program.dose_mcg_per_day, "ug/d", "ug/d")}]
+    return [main]
+
+
+def appointment_resource(pump: Pump, tz: ZoneInfo, *, today: date, filled: bool = True) -> JSON | None:
     """The next refill as a proposed appointment that spans the refill-by day in the clinic's
-    zone (the day the refill is due by, not a booked time); None without a date."""
+    zone (the day the refill is due by, not a booked time); None without a date.
+
+    An overdue refill runs from its refill-by day through `today` (the clinic's date) and
+    says so, with the highest priority: a past "proposed" appointment would read as a
+    lapsed proposal and drop off an EHR's upcoming lists (as the calendar feeds do).
+    """
     if pump.status != PumpStatus.ACTIVE or pump.refill_by is None:
         return None
-    start, end = local_midnight(pump.refill_by, tz), local_midnight(pump.refill_by + timedelta(days=1), tz)
-    description = f"{REFILL_SERVICE} due by {pump.refill_by.isoformat()} ({pump.model.name} #{pump.serial_number})"
+    overdue = pump.refill_by < today
+    last_day = today if overdue else pump.refill_by
+    start, end = local_midnight(pump.refill_by, tz), local_midnight(last_day + timedelta(days=1), tz)
+    device = f"{pump.model.name} #{pump.serial_number}"
+    if overdue:
+        description = f"OVERDUE since {pump.refill_by.isoformat()}: {REFILL_SERVICE} ({device}), no refill recorded"
+    else:
+        description = f"{REFILL_SERVICE} due by {pump.refill_by.isoformat()} ({device})"
+    if not filled:
+        description += "; contents unknown: no programming and fill recorded since implant"
     if pump.alarm_on:
         description += f"; low-reservoir alarm expected on {pump.alarm_on.isoformat()}"
+    urgent = {"priority": 1} if overdue or not filled else {}  # 1: the highest (R4 Appointment.priority)
     return {
         "resourceType": "Appointment",
         "id": appointment_id(pump.pk),
+        **urgent,
         "status": "proposed",
         "serviceType": [{"text": REFILL_SERVICE}],
         "description": description,
@@ -448,14 +515,17 @@ def bundle(resources: Sequence[JSON], *, base_url: str, self_url: str) -> JSON:
         "type": "searchset",
         "total": len(resources),
         "link": [{"relation": "self", "url": self_url}],
-        "entry": [
+        # FHIR JSON has no empty arrays: no match, no `entry`.
+        **(
             {
-                "fullUrl": f"{base_url}/{r['resourceType']}/{r['id']}",
-                "resource": r,
-                "search": {"mode": "match"},
+                "entry": [
+                    {"fullUrl": f"{base_url}/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}}
+                    for r in resources
+                ]
             }
-            for r in resources
-        ],
+            if resources
+            else {}
+        ),
     }
 
 

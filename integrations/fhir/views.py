@@ -109,15 +109,33 @@ def _resource_type(name: str) -> str:
     return name
 
 
+# FHIR's general parameters a client may send with any interaction (FHIR R4 §3.1.0.1.10).
+FORMAT_PARAMS = frozenset({"_format", "_pretty"})
+JSON_FORMATS = frozenset({"json", "application/json", "application/fhir+json"})
+
+
+def _check_format(request: Request) -> None:
+    """Honour `_format` for JSON (the only format served); refuse XML and others with 406."""
+    wanted = request.query_params.get("_format")
+    if wanted is not None and wanted.split(";")[0].strip().lower() not in JSON_FORMATS:
+        raise FhirError(
+            f"_format {wanted!r} is not served: this server answers JSON (application/fhir+json) only.",
+            status_code=status.HTTP_406_NOT_ACCEPTABLE,
+            issue="not-supported",
+        )
+
+
 @extend_schema(exclude=True)
 class ReadView(FhirView):
     """GET /fhir/<type>/<id>."""
 
     def get(self, request: Request, resource_type: str, resource_id: str) -> Response:
         _resource_type(resource_type)
-        if request.query_params:
+        extra = set(request.query_params) - FORMAT_PARAMS
+        _check_format(request)
+        if extra:
             raise FhirError(
-                f"A read takes no parameters (got {', '.join(sorted(request.query_params))}).",
+                f"A read takes no parameters (got {', '.join(sorted(extra))}).",
                 status_code=status.HTTP_400_BAD_REQUEST,
                 issue="not-supported",
             )
@@ -137,8 +155,14 @@ class SearchView(FhirView):
         _resource_type(resource_type)
         supported = resources.SEARCH_PARAMS[resource_type]
         params: queries.Params = {}
+        _check_format(request)
         for name in request.query_params:
+            if name in FORMAT_PARAMS:
+                continue
             values = request.query_params.getlist(name)
+            if any("\x00" in value for value in values):
+                # PostgreSQL text cannot hold NUL: refuse it here rather than fail in the query.
+                raise FhirError(f"{name!r} contains a NUL character.", status_code=status.HTTP_400_BAD_REQUEST, issue="invalid")
             if name not in supported:
                 raise FhirError(
                     f"Search parameter {name!r} is not supported for {resource_type}; use {', '.join(supported)}.",
