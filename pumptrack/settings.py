@@ -286,6 +286,9 @@ PUMPTRACK_WEBHOOK_DISABLE_AFTER_FAILURES = env_int("PUMPTRACK_WEBHOOK_DISABLE_AF
 PUMPTRACK_WEBHOOK_SECRET_ROTATION_GRACE_SECONDS = env_int("PUMPTRACK_WEBHOOK_SECRET_ROTATION_GRACE_SECONDS", 86400, minimum=0)
 # How many deliveries one sweep queues.
 PUMPTRACK_WEBHOOK_DISPATCH_BATCH = env_int("PUMPTRACK_WEBHOOK_DISPATCH_BATCH", 1000, minimum=1)
+# Receivers on loopback, private or link-local addresses are refused (they could reach the
+# database, Redis or a cloud metadata service); true only for receivers inside your network.
+PUMPTRACK_WEBHOOK_ALLOW_PRIVATE = env_bool("PUMPTRACK_WEBHOOK_ALLOW_PRIVATE", False)
 # The webhook enums under their own names in the OpenAPI schema; screenings keep "OutcomeEnum"
 # (without it, two "outcome" fields would give theirs a hashed name).
 SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"].update(  # type: ignore[attr-defined]

@@ -206,6 +206,8 @@ def spawn_worker(
         PYTHONUNBUFFERED="1",
         # Tasks the worker queues itself (a dispatch sweep's sends) stay on its queue.
         CELERY_TASK_DEFAULT_QUEUE=queue,
+        # The tests' webhook receivers listen on loopback.
+        PUMPTRACK_WEBHOOK_ALLOW_PRIVATE="true",
         **(env or {}),
     )
     out = log.open("ab")
@@ -259,6 +261,12 @@ def celery_worker_process(django_db_setup: None, tmp_path_factory: pytest.TempPa
         yield worker
     finally:
         stop_worker(worker)
+
+
+@pytest.fixture(autouse=True)
+def _loopback_receivers(settings: Any) -> None:
+    """Webhook receivers in tests listen on 127.0.0.1, which production refuses (SSRF)."""
+    settings.PUMPTRACK_WEBHOOK_ALLOW_PRIVATE = True
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from api.filters import FilterSet
 from api.viewsets import ClinicScopedMixin, WritableRelatedField
 from patients.access import clinics_writable
 from patients.models import Clinic
@@ -109,6 +110,18 @@ class WebhookDeliverySerializer(serializers.ModelSerializer):  # type: ignore[ty
         read_only_fields = fields
 
 
+class EndpointFilter(FilterSet):
+    class Meta(FilterSet.Meta):
+        model = WebhookEndpoint
+        fields = ["clinic", "is_active"]
+
+
+class DeliveryFilter(FilterSet):
+    class Meta(FilterSet.Meta):
+        model = WebhookDelivery
+        fields = ["endpoint", "status", "event_type"]
+
+
 class WebhookEndpointViewSet(
     ClinicScopedMixin,
     mixins.ListModelMixin,
@@ -127,7 +140,7 @@ class WebhookEndpointViewSet(
     serializer_class = WebhookEndpointSerializer
     clinic_lookup = "clinic"
     write_label = LABEL
-    filterset_fields = ["clinic", "is_active"]
+    filterset_class = EndpointFilter
     ordering_fields = ["id", "created_at"]
 
     def get_serializer_context(self) -> dict[str, Any]:
@@ -173,7 +186,7 @@ class WebhookDeliveryViewSet(ClinicScopedMixin, mixins.ListModelMixin, mixins.Re
     serializer_class = WebhookDeliverySerializer
     clinic_lookup = "endpoint__clinic"
     write_label = LABEL  # for "retry"; the log itself is read-only
-    filterset_fields = ["endpoint", "status", "event_type"]
+    filterset_class = DeliveryFilter
     ordering_fields = ["id", "created_at", "next_attempt_at"]
 
     @extend_schema(request=None, responses={200: WebhookDeliverySerializer})

@@ -26,10 +26,25 @@ class EventType(models.TextChoices):
 
 
 def validate_webhook_url(value: str) -> None:
-    """Only http(s): a file:, ftp: or gopher: URL must never reach the HTTP client."""
-    parts = urlsplit(value)
+    """Only http(s) to a public host: a file:, ftp: or gopher: URL must never reach the HTTP
+    client, nor an internal address (webhooks.sending.address_problem)."""
+    from webhooks.sending import address_problem
+
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises ValueError when out of 0-65535
+    except ValueError:
+        raise ValidationError("Enter a valid URL.", code="invalid") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValidationError("Enter an http:// or https:// URL.", code="scheme")
+    if port == 0:
+        raise ValidationError("Enter a port between 1 and 65535.", code="port")
+    if parts.username is not None or parts.password is not None:
+        # Not sent by the client, and shown in logs to every member: use the signature instead.
+        raise ValidationError("Leave credentials out of the URL; receivers verify the signature.", code="credentials")
+    problem = address_problem(value)
+    if problem:
+        raise ValidationError(problem, code="internal")
 
 
 def validate_event_types(value: object) -> None:

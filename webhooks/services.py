@@ -21,8 +21,6 @@ import json
 import logging
 import secrets
 import time
-import urllib.error
-import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -33,13 +31,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import connection, models, transaction
 from django.db.models import F, Q
 
 from notifications.models import Escalation, EscalationReason, Severity
 from patients.models import Clinic
 from pumps.models import Program, Pump, Refill
-from webhooks import signing
+from webhooks import sending, signing
 from webhooks.models import (
     OPEN_STATES,
     RETRYABLE_STATES,
@@ -55,7 +53,6 @@ logger = logging.getLogger(__name__)
 
 USER_AGENT = "pumptrack-webhooks/1.0"
 # How much of a receiver's answer the delivery log keeps.
-EXCERPT_BYTES = 1000
 
 
 # --------------------------------------------------------------------------- payloads
@@ -217,12 +214,23 @@ def _record_in_transaction(build: Callable[[], list[int]]) -> None:
     the refill or dose change a nurse is saving matters more than an integrator's copy of
     it, and integrators can still read it through the API.
     """
+    immediate = connection.vendor == "postgresql"
     try:
         with transaction.atomic():
+            if immediate:
+                # Foreign keys are checked at COMMIT by default: an endpoint deleted meanwhile
+                # would then fail the nurse's whole transaction. Checked now, inside this
+                # savepoint, the insert fails alone (or locks the endpoint until commit).
+                with connection.cursor() as cursor:
+                    cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
             ids = build()
     except Exception:
         logger.exception("webhooks: events could not be recorded; the record itself was kept")
-        return
+        ids = []
+    finally:
+        if immediate:
+            with connection.cursor() as cursor:
+                cursor.execute("SET CONSTRAINTS ALL DEFERRED")
     queue_on_commit(ids)
 
 
@@ -504,10 +512,16 @@ def deliver(pk: int, now: datetime, *, worker: str = "") -> DeliveryResult:
         raise
     if isinstance(prepared, DeliveryResult):
         return prepared
+    if prepared.delivery.attempt_count > len(settings.PUMPTRACK_WEBHOOK_RETRY_DELAYS) + 1:
+        # Every try so far ended without a recorded outcome (killed workers): the retry
+        # budget is spent all the same, so give up and tell staff rather than POST for ever.
+        return _failed(prepared, now, 0, status=None, excerpt="", error="No outcome was recorded for any attempt: given up.")
     # The claim and the in-flight attempt are committed before the network call.
     started = time.monotonic()
+    timeout = settings.PUMPTRACK_WEBHOOK_TIMEOUT_SECONDS
     try:
-        status, excerpt = post(prepared.url, prepared.body, prepared.headers)
+        # The whole exchange ends well inside the claim (webhooks.E001: claim >= 10 x timeout).
+        answer = sending.post(prepared.url, prepared.body, prepared.headers, timeout=timeout, deadline=3 * timeout)
     except (OSError, http.client.HTTPException, ValueError) as exc:
         # Refused, reset, timed out, unresolvable, a malformed answer: all worth retrying.
         return _failed(prepared, now, _ms(started), status=None, excerpt="", error=f"{type(exc).__name__}: {exc}")
@@ -516,6 +530,7 @@ def deliver(pk: int, now: datetime, *, worker: str = "") -> DeliveryResult:
         # be reclaimed forever; re-raised to be seen.
         _failed(prepared, now, _ms(started), status=None, excerpt="", error=f"unexpected error: {exc!r}")
         raise
+    status, excerpt = answer.status, answer.excerpt + (f" [{answer.note}]" if answer.note else "")
     if 200 <= status < 300:
         return _succeeded(prepared, now, _ms(started), status, excerpt)
     return _failed(prepared, now, _ms(started), status=status, excerpt=excerpt, error=f"HTTP {status}")
@@ -535,42 +550,13 @@ def _ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
 
-class _HttpOnly(urllib.request.OpenerDirector):
-    """An opener for http(s) only that follows no redirect: a 3xx is a failed attempt, and
-    a file:, ftp: or data: URL cannot be opened even if one slipped past validation."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        for handler in (
-            urllib.request.ProxyHandler(),
-            urllib.request.HTTPHandler(),
-            urllib.request.HTTPSHandler(),
-            urllib.request.HTTPDefaultErrorHandler(),
-            urllib.request.HTTPErrorProcessor(),
-        ):
-            self.add_handler(handler)
-
-
-def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
-    """POST and return the status code and the start of the answer (never more than EXCERPT_BYTES)."""
-    # S310: the opener has no handler but http(s), and the URL was validated as http(s).
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
-    timeout = settings.PUMPTRACK_WEBHOOK_TIMEOUT_SECONDS
-    try:
-        with _HttpOnly().open(request, timeout=timeout) as response:
-            return int(response.status), response.read(EXCERPT_BYTES).decode("utf-8", "replace")
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, exc.read(EXCERPT_BYTES).decode("utf-8", "replace")
-
-
 def _finish(prepared: _Request, now: datetime, ms: int, outcome: str, status: int | None, excerpt: str, error: str) -> None:
     WebhookAttempt.objects.filter(pk=prepared.attempt.pk).update(
         finished_at=now + timedelta(milliseconds=ms),
         outcome=outcome,
         status_code=status,
-        response_excerpt=excerpt,
-        error=error[:2000],
+        response_excerpt=sending.clean_text(excerpt),
+        error=sending.clean_text(error)[:2000],
         duration_ms=ms,
     )
 
@@ -591,6 +577,7 @@ def _succeeded(prepared: _Request, now: datetime, ms: int, status: int, excerpt:
 
 
 def _failed(prepared: _Request, now: datetime, ms: int, *, status: int | None, excerpt: str, error: str) -> DeliveryResult:
+    error = sending.clean_text(error)
     delivery = prepared.delivery
     delays = settings.PUMPTRACK_WEBHOOK_RETRY_DELAYS
     # 410 Gone: the receiver says it wants no more (Standard Webhooks): never retried.
