@@ -299,23 +299,31 @@ def test_an_answer_with_a_nul_byte_is_recorded_and_not_sent_again_forever(pump_a
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_a_refill_is_kept_when_an_endpoint_is_deleted_while_it_is_being_recorded(clinic_a: Clinic) -> None:
+    """The refill and the delete both succeed: the delete waits for the refill's commit
+    (the new delivery row holds a key-share lock on the endpoint), then removes it too."""
     pump = implanted_pump(patient=screened_patient(clinic=clinic_a, email="alex@example.org"))
     endpoint = endpoint_for(clinic_a, "https://ehr.example.org/in")
+    errors: list[BaseException] = []
 
     def integrator_deletes_the_endpoint() -> None:
         try:
             services.delete_endpoint(WebhookEndpoint.objects.get(pk=endpoint.pk))
+        except BaseException as exc:
+            errors.append(exc)
         finally:
             connections.close_all()
 
-    # The nurse's transaction has inserted the delivery row when the delete commits: the
-    # FK is checked at COMMIT (deferred), outside the receiver's savepoint.
-    with transaction.atomic():  # today: IntegrityError on leaving this block
+    other = threading.Thread(target=integrator_deletes_the_endpoint)
+    with transaction.atomic():
         refill_at_visit(pump)
-        other = threading.Thread(target=integrator_deletes_the_endpoint)
         other.start()
-        other.join(10)
+        other.join(1)  # the delete is waiting for this transaction
+        assert other.is_alive()
+    other.join(10)
+    assert not other.is_alive() and errors == []
     assert pump.refills.filter(performed_at=VISIT_AT).exists()
+    assert not WebhookEndpoint.objects.filter(pk=endpoint.pk).exists()
+    assert not WebhookDelivery.objects.exists()
 
 
 @pytest.mark.django_db

@@ -294,8 +294,15 @@ def update_endpoint(endpoint: WebhookEndpoint, changes: dict[str, Any], *, now: 
 
 
 def delete_endpoint(endpoint: WebhookEndpoint) -> None:
-    """Unregister an endpoint, with its delivery log (ids only: the integrator's record)."""
-    WebhookEndpoint.objects.filter(pk=endpoint.pk).delete()
+    """Unregister an endpoint, with its delivery log (ids only: the integrator's record).
+
+    The row is locked first: a refill being recorded holds a key-share lock on it (its new
+    delivery row), so the delete waits for that commit and then removes that row too,
+    instead of failing on a delivery it did not see.
+    """
+    with transaction.atomic():
+        if WebhookEndpoint.objects.select_for_update().filter(pk=endpoint.pk).exists():
+            WebhookEndpoint.objects.filter(pk=endpoint.pk).delete()
     logger.info("webhook endpoint %s deleted", endpoint.pk)
 
 
