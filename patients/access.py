@@ -28,6 +28,9 @@ WRITE_ROLES: dict[str, frozenset[str]] = {
     "notifications.escalation": frozenset({Role.CLINICIAN, Role.NURSE, Role.COORDINATOR}),
     # Messages are read-only records; coordinators lift and add contact blocks.
     "notifications.contactblock": frozenset({Role.CLINICIAN, Role.NURSE, Role.COORDINATOR}),
+    # Nurses and coordinators book refill visits and log outreach calls (issue 5).
+    "pumps.appointment": frozenset({Role.CLINICIAN, Role.NURSE, Role.COORDINATOR}),
+    "workspace.outreachattempt": frozenset({Role.CLINICIAN, Role.NURSE, Role.COORDINATOR}),
     # Outbound webhooks: who connects the clinic's EHR or scheduling system.
     "webhooks.webhookendpoint": frozenset({Role.CLINICIAN, Role.COORDINATOR}),
     "integrations.calendarfeed": frozenset({Role.CLINICIAN, Role.NURSE, Role.COORDINATOR}),

@@ -818,3 +818,6 @@ class CatheterAdmin(ClinicScopedAdmin):
 
     def has_module_permission(self, request: HttpRequest) -> bool:
         return False  # reached from the pump page
+
+
+from pumps import admin_appointments  # noqa: E402,F401 (registers the appointment admin)

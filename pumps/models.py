@@ -358,3 +358,41 @@ class ClinicalEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} on {self.occurred_at:%Y-%m-%d}"
+
+
+class AppointmentStatus(models.TextChoices):
+    BOOKED = "booked", "Booked"
+    DONE = "done", "Done (refill recorded)"
+    MISSED = "missed", "Missed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class Appointment(models.Model):
+    """A booked refill visit (issue 5). A booked appointment takes the pump off the
+    "due without an appointment" worklist group; reminders name its date and time."""
+
+    pump = models.ForeignKey(Pump, on_delete=models.CASCADE, related_name="appointments")
+    starts_at = models.DateTimeField(help_text="When the visit starts (typed on the clinic's wall clock).")
+    location = models.CharField(max_length=200, blank=True, help_text="Where, e.g. 'Neuro day unit, room 3' or 'home visit'.")
+    notes = models.TextField(blank=True)
+    status = models.CharField(max_length=20, choices=AppointmentStatus.choices, default=AppointmentStatus.BOOKED)
+    # Booking after the refill-by date is refused unless acknowledged with a reason.
+    after_refill_by = models.BooleanField(default=False, editable=False)
+    reason = models.TextField("reason for booking after the refill-by date", blank=True)
+    refill = models.ForeignKey(Refill, on_delete=models.SET_NULL, null=True, blank=True, editable=False, related_name="+")
+    booked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, editable=False, related_name="+"
+    )
+    created_at = models.DateTimeField(editable=False)
+    updated_at = models.DateTimeField(editable=False)
+
+    class Meta:
+        ordering = ["starts_at", "pk"]
+        constraints = [
+            # One booked visit per pump at a time: the next refill.
+            models.UniqueConstraint(fields=["pump"], condition=Q(status="booked"), name="appointment_one_booked_per_pump"),
+        ]
+        indexes = [models.Index(fields=["status", "starts_at"])]
+
+    def __str__(self) -> str:
+        return f"Refill visit {self.starts_at:%Y-%m-%d %H:%M} for {self.pump}"

@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "api",
     "integrations",
     "webhooks",
+    "workspace",
 ]
 
 MIDDLEWARE = [

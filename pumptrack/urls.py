@@ -21,4 +21,5 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("fhir/", include("integrations.fhir.urls")),
     path("feeds/", include("integrations.urls")),
+    path("work/", include("workspace.urls")),
 ]
