@@ -71,6 +71,21 @@ def _en(kind: str, c: dict[str, Any]) -> Text:
         "If you notice these, or the pump alarm sounds, go to a hospital at once and say you have a baclofen pump: "
         "stopping the drug suddenly can be life-threatening."
     )
+    visit, where = c.get("appointment_text", ""), c.get("appointment_location", "")
+    if kind == "refill_reminder" and visit:
+        when = "today" if c["days_left"] == 0 else f"by {c['refill_by_text']}"
+        return Text(
+            f"Pump refill appointment: {visit}",
+            [
+                f"Dear {c['first_name']},",
+                f"your pump needs refilling {when}. Your refill appointment is on {visit}"
+                + (f" at {where}." if where else ".")
+                + f" If you cannot come, please call {clinic} on {phone} now to book another time.",
+                "Never miss a refill: when the pump runs low it stops delivering, and stopping the drug suddenly "
+                "can be life-threatening.",
+            ],
+            f"{clinic}: your pump refill appointment is {visit}. Call {phone} if you cannot come.",
+        )
     if kind == "refill_reminder":
         when = "today" if c["days_left"] == 0 else f"by {c['refill_by_text']}"
         return Text(
@@ -89,10 +104,17 @@ def _en(kind: str, c: dict[str, Any]) -> Text:
             [
                 f"Dear {c['first_name']},",
                 f"your pump was due for a refill by {c['refill_by_text']} and we have no refill recorded. "
-                f"Please call {clinic} on {phone} today.",
+                + (
+                    f"Your refill appointment is on {visit}" + (f" at {where}" if where else "") + ": please keep it. "
+                    if visit
+                    else ""
+                )
+                + f"Please call {clinic} on {phone} today.",
                 withdrawal,
             ],
-            f"{clinic}: your pump refill is OVERDUE. Call {phone} today. If unwell or the pump alarms, go to hospital.",
+            f"{clinic}: your pump refill is OVERDUE. "
+            + (f"Keep your appointment {visit}. " if visit else "")
+            + f"Call {phone} today. If unwell or the pump alarms, go to hospital.",
         )
     if kind == "withdrawal_warning":
         return Text(
@@ -163,6 +185,21 @@ def _es(kind: str, c: dict[str, Any]) -> Text:
         "Si las nota, o suena la alarma de la bomba, vaya al hospital de inmediato y diga que tiene una bomba de baclofeno: "
         "suspender el medicamento de golpe puede poner en peligro la vida."
     )
+    visit, where = c.get("appointment_text", ""), c.get("appointment_location", "")
+    if kind == "refill_reminder" and visit:
+        when = "hoy" if c["days_left"] == 0 else f"antes del {c['refill_by_text']}"
+        return Text(
+            f"Cita para recargar la bomba: {visit}",
+            [
+                f"Estimado/a {c['first_name']}:",
+                f"su bomba necesita recargarse {when}. Su cita de recarga es el {visit}"
+                + (f" en {where}." if where else ".")
+                + f" Si no puede acudir, llame a {clinic} al {phone} ahora para cambiarla.",
+                "No falte nunca a una recarga: cuando la bomba se vacía deja de administrar el medicamento, "
+                "y suspenderlo de golpe puede poner en peligro la vida.",
+            ],
+            f"{clinic}: su cita de recarga de la bomba es el {visit}. Llame al {phone} si no puede acudir.",
+        )
     if kind == "refill_reminder":
         when = "hoy" if c["days_left"] == 0 else f"antes del {c['refill_by_text']}"
         return Text(
@@ -181,11 +218,13 @@ def _es(kind: str, c: dict[str, Any]) -> Text:
             [
                 f"Estimado/a {c['first_name']}:",
                 f"su bomba debía recargarse antes del {c['refill_by_text']} y no consta ninguna recarga. "
-                f"Llame hoy a {clinic} al {phone}.",
+                + (f"Su cita de recarga es el {visit}" + (f" en {where}" if where else "") + ": no falte. " if visit else "")
+                + f"Llame hoy a {clinic} al {phone}.",
                 withdrawal,
             ],
-            f"{clinic}: la recarga de su bomba está ATRASADA. Llame hoy al {phone}. Si se encuentra mal o suena la alarma, "
-            "vaya al hospital.",
+            f"{clinic}: la recarga de su bomba está ATRASADA. "
+            + (f"No falte a su cita del {visit}. " if visit else "")
+            + f"Llame hoy al {phone}. Si se encuentra mal o suena la alarma, vaya al hospital.",
         )
     if kind == "withdrawal_warning":
         return Text(
@@ -259,6 +298,9 @@ def compose(kind: str, language: str, context: dict[str, Any], tz_name: str) -> 
         c["refill_by_text"] = format_date(c["refill_by"], language)
     if c.get("scan_at"):
         c["scan_at_text"] = format_moment(c["scan_at"], language, tz_name)
+    if c.get("appointment_at"):
+        # The booked visit's date and time on the recipient's clock (SMS: no place needed).
+        c["appointment_text"] = format_moment(c["appointment_at"], language, tz_name)
     text = _es(kind, c) if language == "es" else _en(kind, c)
     # Every paragraph after the greeting starts a sentence.
     return Text(text.subject, [p[:1].upper() + p[1:] for p in text.paragraphs], text.sms)

@@ -202,6 +202,7 @@ class EscalationReason(models.TextChoices):
     MRI_UNSAFE = "mri_unsafe", "MRI planned on an MR Unsafe pump"
     BATTERY_PLANNING = "battery_planning", "Plan pump replacement (battery)"
     REPLACEMENT_INDICATOR = "replacement_indicator", "Replacement indicator (ERI) recorded"
+    APPOINTMENT_MISSED = "appointment_missed", "Refill appointment missed"
 
 
 class EscalationStatus(models.TextChoices):

@@ -37,6 +37,7 @@ class Reason(str, enum.Enum):
     MRI_UNSAFE = "mri_unsafe"
     BATTERY_PLANNING = "battery_planning"
     REPLACEMENT_INDICATOR = "replacement_indicator"
+    APPOINTMENT_MISSED = "appointment_missed"
 
 
 # Messages that also go to caregivers flagged for safety messages (§6.1 #75: "patients
@@ -106,6 +107,17 @@ class Scan:
 
 
 @dataclass(frozen=True)
+class Visit:
+    """A refill visit still booked, or missed with no refill since it was booked."""
+
+    appointment_id: int
+    starts_at: datetime
+    booked_at: datetime
+    location: str = ""
+    missed: bool = False  # already marked missed (by an earlier sweep)
+
+
+@dataclass(frozen=True)
 class PumpFacts:
     pump_id: int
     active: bool
@@ -120,6 +132,7 @@ class PumpFacts:
     end_of_service_on: date | None = None
     replacement_indicators: tuple[tuple[int, datetime], ...] = ()
     scans: tuple[Scan, ...] = ()
+    visits: tuple[Visit, ...] = ()
     context: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -200,6 +213,29 @@ def out_of_quiet_hours(moment: datetime, tz_name: str, start: time, end: time) -
     if start > end and wall >= start:
         day += timedelta(days=1)  # evening: the quiet hours end tomorrow morning
     return at_local(day, end, tz_name)
+
+
+def visit_day_end(visit: Visit, tz_name: str) -> datetime:
+    """The first moment after the visit's clinic-local day."""
+    return at_local(local_date(visit.starts_at, tz_name) + timedelta(days=1), time(0), tz_name)
+
+
+def refilled_since(visit: Visit, facts: PumpFacts) -> bool:
+    """A refill performed after the booking is the visit kept (pumps.appointments.fulfils)."""
+    return facts.last_fill_at is not None and facts.last_fill_at >= visit.booked_at
+
+
+def upcoming_visit(facts: PumpFacts, policy: Policy, now: datetime) -> Visit | None:
+    """The booked visit reminders name: booked, and its clinic-local day not yet over."""
+    return next(
+        (v for v in facts.visits if not v.missed and now < visit_day_end(v, policy.time_zone)),
+        None,
+    )
+
+
+def missed_visits(facts: PumpFacts, policy: Policy, now: datetime) -> list[Visit]:
+    """Visits whose clinic-local day ended with no refill since they were booked (issue 5)."""
+    return [v for v in facts.visits if now >= visit_day_end(v, policy.time_zone) and not refilled_since(v, facts)]
 
 
 def add_months(on: date, months: int) -> date:
@@ -300,6 +336,11 @@ def _refill_messages(result: Plan, facts: PumpFacts, policy: Policy, contacts: l
         return
     cycle = f"refill_by:{facts.refill_by.isoformat()}"
     extra = {"refill_by": facts.refill_by.isoformat(), "alarm_on": facts.alarm_on.isoformat() if facts.alarm_on else ""}
+    visit = upcoming_visit(facts, policy, now)
+    if visit is not None:
+        # Only the refill messages name the visit: the same identities, their text updated
+        # in place when it is booked, moved or cancelled (the rows' context is refreshed).
+        extra |= {"appointment_at": visit.starts_at.isoformat(), "appointment_location": visit.location}
     today = local_date(now, policy.time_zone)
     if today <= facts.refill_by:
         stages = reminder_stages(policy, facts.high_risk)
@@ -508,6 +549,21 @@ def _escalations(result: Plan, facts: PumpFacts, policy: Policy, patient: Contac
                 f"eos:{facts.end_of_service_on.isoformat()}",
                 at_local(on, policy.escalation_time, tz),
                 f"Estimated end of service {facts.end_of_service_on.isoformat()}: plan the pump replacement.",
+            )
+        )
+    for visit in missed_visits(facts, policy, now):
+        # Once per visit (its own cycle); closes by itself when a refill is recorded.
+        add(
+            PlannedEscalation(
+                Reason.APPOINTMENT_MISSED,
+                False,
+                facts.subject,
+                f"appointment:{visit.appointment_id}",
+                visit_day_end(visit, tz),
+                f"The refill visit booked for {visit.starts_at.astimezone(zoneinfo.ZoneInfo(tz)):%Y-%m-%d %H:%M}"
+                + (f" ({visit.location})" if visit.location else "")
+                + " was missed: no refill recorded that day. Call the patient and book a new visit"
+                + (f" before {facts.refill_by.isoformat()}." if facts.refill_by else "."),
             )
         )
     for event_id, at in facts.replacement_indicators:

@@ -19,7 +19,7 @@ from typing import Any
 from django.conf import settings
 from django.core import signing
 from django.db import IntegrityError, transaction
-from django.db.models import F, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Exists, F, OuterRef, Q, QuerySet, Subquery
 from django.template.loader import render_to_string
 from django.urls import reverse
 
@@ -45,7 +45,8 @@ from notifications.models import (
 from notifications.signals import escalations_raised
 from notifications.transports import Outgoing, TransportError, transport_for
 from patients.models import Caregiver, Clinic, Patient, parse_day_list
-from pumps.models import ClinicalEvent, EventKind, Pump, PumpStatus, Refill
+from pumps import appointments
+from pumps.models import Appointment, AppointmentStatus, ClinicalEvent, EventKind, Pump, PumpStatus, Refill
 from pumps.services import announce_change
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ SELF_RESOLVING = frozenset(
         EscalationReason.ALARM_DATE_REACHED,
         EscalationReason.NO_USABLE_CONTACT,
         EscalationReason.POST_MRI_CHECK_MISSING,
+        EscalationReason.APPOINTMENT_MISSED,
     }
 )
 # MRIs older than this are history, not pending work.
@@ -181,6 +183,23 @@ def _load(pump_ids: Sequence[int], now: datetime) -> list[_Loaded]:
         for person in people:
             pairs += [("email", person.email), ("sms", phone_text(person.phone))]
     blocks = active_blocks(pairs)
+    visits: dict[int, list[planning.Visit]] = defaultdict(list)
+    # The booked visit, and missed ones still waiting for a refill (their escalation stays open).
+    refilled = Refill.objects.filter(pump_id=OuterRef("pump_id"), performed_at__gte=OuterRef("created_at"))
+    for a in (
+        Appointment.objects.filter(pump_id__in=pump_ids)
+        .filter(Q(status=AppointmentStatus.BOOKED) | Q(status=AppointmentStatus.MISSED) & ~Exists(refilled))
+        .order_by("starts_at", "pk")
+    ):
+        visits[a.pump_id].append(
+            planning.Visit(
+                appointment_id=a.pk,
+                starts_at=a.starts_at,
+                booked_at=a.created_at,
+                location=a.location,
+                missed=a.status == AppointmentStatus.MISSED,
+            )
+        )
     loaded = []
     for pump in pumps:
         patient, clinic = pump.patient, pump.patient.clinic
@@ -218,6 +237,7 @@ def _load(pump_ids: Sequence[int], now: datetime) -> list[_Loaded]:
             end_of_service_on=pump.estimated_end_of_service_on,
             replacement_indicators=tuple((e.pk, e.occurred_at) for e in pump_events if e.kind == EventKind.REPLACEMENT_INDICATOR),
             scans=tuple(scans),
+            visits=tuple(visits[pump.pk]),
             context={
                 "first_name": patient.given_name,
                 "clinic_name": clinic.name,
@@ -315,6 +335,7 @@ def reconcile_pumps(pump_ids: Sequence[int], now: datetime) -> ReconcileResult:
                 elif _refresh(row, p, item.pump.patient.clinic_id):
                     to_update.append(row)
             _sync_escalations(item, the_plan, existing, now, new_escalations)
+            _close_past_visits(item, now)
         result.escalations = _raise_planned(new_escalations, now)
         if to_create:
             to_create, reopened = _reopen_cancelled(to_create, now)
@@ -335,6 +356,17 @@ def reconcile_pumps(pump_ids: Sequence[int], now: datetime) -> ReconcileResult:
                 status=Status.CANCELLED, status_reason="No longer planned (refill, dose change, or pump ended)", updated_at=now
             )
     return result
+
+
+def _close_past_visits(item: _Loaded, now: datetime) -> None:
+    """Booked visits whose clinic-local day is over stop being booked: missed (the plan
+    escalates them), or done if a refill came after the booking without closing them."""
+    tz = item.policy.time_zone
+    ended = [v for v in item.facts.visits if not v.missed and now >= planning.visit_day_end(v, tz)]
+    if ended:
+        appointments.close_past_visits(
+            [(v.appointment_id, planning.refilled_since(v, item.facts), item.facts.last_fill_id) for v in ended], now
+        )
 
 
 # What a re-plan may change on an open row (and bulk-updates).

@@ -385,6 +385,9 @@ class Appointment(models.Model):
     )
     created_at = models.DateTimeField(editable=False)
     updated_at = models.DateTimeField(editable=False)
+    # When it stopped being booked (done, missed or cancelled), and why a person cancelled it.
+    closed_at = models.DateTimeField(null=True, blank=True, editable=False)
+    cancellation_reason = models.CharField(max_length=200, blank=True, editable=False)
 
     class Meta:
         ordering = ["starts_at", "pk"]
