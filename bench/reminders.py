@@ -49,34 +49,26 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from pumptrack.progress import ProgressBar
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
 DEFAULT_NOW = "2027-03-01T15:00:00+00:00"
-TTY = sys.stderr.isatty()
 
 
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-class Progress:
-    """A one-line counter on a terminal; silent otherwise (logs stay clean)."""
+def progress_bar(label: str, total: int) -> ProgressBar:
+    """A `pumptrack.progress.ProgressBar` on stderr: drawn on a terminal, silent in logs."""
+    from pumptrack.progress import ProgressBar
 
-    def __init__(self, label: str, total: int) -> None:
-        self.label, self.total, self.done = label, total, 0
-
-    def __call__(self, n: int) -> None:
-        self.done += n
-        if TTY:
-            sys.stderr.write(f"\r  {self.label}: {self.done}/{self.total}")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if TTY:
-            sys.stderr.write("\n")
+    return ProgressBar(total, label=f"  {label}", stream=sys.stderr)
 
 
 # --------------------------------------------------------------------------- database
@@ -180,7 +172,7 @@ def seed(n: int, now: datetime, rng: random.Random, past_days: int, future_days:
         (Diagnosis.STROKE, SpasticityOrigin.CEREBRAL),
     ]
 
-    progress = Progress("patients", n)
+    progress = progress_bar("patients", n)
     patients: list[Patient] = []
     for i in range(n):
         diagnosis, origin = rng.choice(diagnoses)
@@ -228,7 +220,7 @@ def seed(n: int, now: datetime, rng: random.Random, past_days: int, future_days:
         Caregiver.objects.bulk_create(chunk)
     out.caregivers = len(caregivers)
 
-    progress = Progress("pumps", n)
+    progress = progress_bar("pumps", n)
     pumps: list[Pump] = []
     fills: list[tuple[Pump, date, bool]] = []
     for i, patient in enumerate(patients):
@@ -417,7 +409,7 @@ class PlanRun:
 def run_plan(now: datetime, label: str, total: int) -> PlanRun:
     from notifications import services
 
-    progress = Progress(label, total)
+    progress = progress_bar(label, total)
     started = time.perf_counter()
     result = services.plan_all(now, progress=progress)
     seconds = time.perf_counter() - started
@@ -538,12 +530,11 @@ def run_dispatch(now: datetime, m: int) -> DispatchRun:
     ids = services.dispatch_due(now, limit=m)
     run.dispatch_seconds = time.perf_counter() - started
     outcomes: Counter[str] = Counter()
-    progress = Progress("send", len(ids))
+    progress = progress_bar("send", len(ids))
     started = time.perf_counter()
-    for i, pk in enumerate(ids, 1):
+    for pk in ids:
         outcomes[services.send_message(pk, now, worker="bench").outcome] += 1
-        if i % 100 == 0:
-            progress(100)
+        progress.advance()
     run.send_seconds = time.perf_counter() - started
     progress.close()
     run.messages = outcomes["sent"]
@@ -780,17 +771,17 @@ def main() -> None:
     loads = [f"{os.getloadavg()[0]:.1f} before planning"]
     profile_report = ""
     if args.profile:
-        first, profile_report = profiled("First planning run", run_plan, now, "plan 1 (profiled)", seeded.pumps)
+        first, profile_report = profiled("First planning run", run_plan, now, "plan 1 (profiled)", seeded.active)
     else:
-        first = run_plan(now, "plan 1 (inserts)", seeded.pumps)
+        first = run_plan(now, "plan 1 (inserts)", seeded.active)
     messages_after_first = Message.objects.count()
     escalations_after_first = Escalation.objects.count()
     say(f"  first run {first.seconds:.1f} s; second run (re-plan)")
     if args.profile:
-        second, report = profiled("Second planning run", run_plan, now, "plan 2 (profiled)", seeded.pumps)
+        second, report = profiled("Second planning run", run_plan, now, "plan 2 (profiled)", seeded.active)
         profile_report += report
     else:
-        second = run_plan(now, "plan 2 (re-plan)", seeded.pumps)
+        second = run_plan(now, "plan 2 (re-plan)", seeded.active)
     base2_seconds = median(baseline_query(now)[0] for _ in range(3))  # warm, like the second run
     loads.append(f"{os.getloadavg()[0]:.1f} after planning")
 

@@ -435,8 +435,8 @@ def test_run_reminders_shows_progress_only_on_a_terminal(clinic_a: Clinic) -> No
 
     piped = run_reminders("--as-of", "2027-02-01T12:05Z")
 
-    assert "\rplanning: 1/1 pumps" in terminal.getvalue()
-    assert "\r" not in piped and "planning:" not in piped
+    assert "\rplanning pumps: |" in terminal.getvalue() and "100%  1/1" in terminal.getvalue()
+    assert "\r" not in piped and "planning" not in piped
 
 
 @pytest.mark.parametrize("value", ["tomorrow", "2027-13-01T10:00", "2027-02-01T25:00", ""])

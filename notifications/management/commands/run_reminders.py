@@ -19,6 +19,7 @@ from notifications import services
 from notifications.models import Escalation, EscalationStatus, Severity
 from notifications.tasks import WORKER
 from pumps.models import Pump, PumpStatus
+from pumptrack.progress import ProgressBar
 
 # send_message's outcomes as the summary names them.
 OUTCOMES = {
@@ -62,26 +63,21 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         as_of = parse_as_of(options["as_of"]) if options["as_of"] is not None else timezone.now()
         verbose = int(options["verbosity"]) >= 1
-        self.progress = self.stdout.isatty() and verbose
         raised_before = Escalation.objects.count()
 
         # 1. Plan: the safety-net sweep. A pump that fails is logged and the rest planned;
         # sending still goes ahead, then the command fails.
         failure: services.PlanningFailed | None = None
-        total = Pump.objects.filter(status=PumpStatus.ACTIVE).count()
-        done = 0
-
-        def planned(batch: int) -> None:
-            nonlocal done
-            done += batch
-            # plan_all also takes ended pumps that still hold unsent messages: the total may grow.
-            self._progress(f"planning: {done}/{max(total, done)} pumps")
-
-        try:
-            plan = services.plan_all(as_of, progress=planned)
-        except services.PlanningFailed as exc:
-            failure, plan = exc, services.ReconcileResult()
-            services.beat("plan", timezone.now(), f"run_reminders --as-of {as_of.isoformat()}: {exc}", ok=False)
+        # plan_all also takes ended pumps that still hold unsent messages: the bar's total
+        # grows to the count it reports.
+        active = Pump.objects.filter(status=PumpStatus.ACTIVE).count()
+        with ProgressBar(active, label="planning pumps", stream=self.stdout, enabled=verbose) as bar:
+            try:
+                plan = services.plan_all(as_of, progress=bar)
+            except services.PlanningFailed as exc:
+                failure, plan = exc, services.ReconcileResult()
+        if failure is not None:
+            services.beat("plan", timezone.now(), f"run_reminders --as-of {as_of.isoformat()}: {failure}", ok=False)
         else:
             services.beat("plan", timezone.now(), f"run_reminders --as-of {as_of.isoformat()}: created {plan.created}")
 
@@ -89,24 +85,19 @@ class Command(BaseCommand):
         # Each message is claimed atomically, so a worker running at the same time sends
         # nothing twice; a failure moves its next try past `as_of`, so the loop ends.
         outcomes: Counter[str] = Counter()
-        while ids := services.dispatch_due(as_of):
-            for n, pk in enumerate(ids, 1):
-                self._progress("")  # the console SMS backend prints on this terminal too
-                outcomes[services.send_message(pk, as_of, worker=f"run_reminders@{WORKER}").outcome] += 1
-                self._progress(f"sending: {n}/{len(ids)} messages")
+        with ProgressBar(0, label="sending messages", stream=self.stdout, enabled=verbose) as bar:
+            while ids := services.dispatch_due(as_of):
+                bar.total = (bar.total or 0) + len(ids)
+                for pk in ids:
+                    bar.clear()  # the console SMS and email backends print on this terminal too
+                    outcomes[services.send_message(pk, as_of, worker=f"run_reminders@{WORKER}").outcome] += 1
+                    bar.advance()
         services.beat("dispatch", timezone.now(), f"run_reminders --as-of {as_of.isoformat()}: {sum(outcomes.values())}")
-        self._progress("")
 
         if verbose:
             self._summary(as_of, plan, outcomes, Escalation.objects.count() - raised_before)
         if failure is not None:
             raise CommandError(f"planning failed: {failure}")
-
-    def _progress(self, text: str) -> None:
-        """A one-line progress counter, on a terminal only (logs and pipes get the summary)."""
-        if self.progress:
-            self.stdout.write(f"\r{text}\033[K", ending="")
-            self.stdout.flush()
 
     def _summary(self, as_of: datetime, plan: services.ReconcileResult, outcomes: Counter[str], raised: int) -> None:
         out = self.stdout.write

@@ -69,6 +69,7 @@ from pumps.models import (
     RefillMethod,
     ScreeningOutcome,
 )
+from pumptrack.progress import ProgressBar
 
 # Clinic policy restored to the model's defaults on creation and --reset (refill and messages).
 POLICY_FIELDS = (
@@ -1026,14 +1027,22 @@ class Command(BaseCommand):
         # patient behind for the next run to skip, and the re-plans each record announces
         # (at the real now, once committed) come after the message history replayed from
         # yesterday, never before it.
-        with _quiet_escalation_log(self.verbosity), transaction.atomic():
-            for spec in PATIENTS:
-                clinic = clinics[spec.clinic.name]
-                self._patient(spec, clinic, staff[clinic.pk], now, tally)
-            if tally.patients_created and not tally.patients_existing:
-                # Only for a complete, new set: replaying yesterday over messages a running
-                # demo already planned for later moments would cancel some of them.
-                MessageHistory(clinics, staff, now).replay()
+        # A step for each patient, the message history, and the commit (the re-plans each
+        # record announced run then: about half the time). Not at verbosity 2: the
+        # escalations' log lines (stderr, the same terminal) would be drawn over.
+        bar = ProgressBar(len(PATIENTS) + 2, label="demo data", stream=self.stdout, enabled=self.verbosity == 1)
+        with bar, _quiet_escalation_log(self.verbosity):
+            with transaction.atomic():
+                for spec in PATIENTS:
+                    clinic = clinics[spec.clinic.name]
+                    self._patient(spec, clinic, staff[clinic.pk], now, tally)
+                    bar.advance()
+                if tally.patients_created and not tally.patients_existing:
+                    # Only for a complete, new set: replaying yesterday over messages a running
+                    # demo already planned for later moments would cancel some of them.
+                    MessageHistory(clinics, staff, now).replay()
+                bar.advance()
+            bar.advance()
 
         self._report(clinics, password, now, tally)
 
