@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import F, OuterRef, Q, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -28,7 +28,7 @@ from django.utils.safestring import SafeString, mark_safe
 from patients.access import clinics_for, clinics_writable, may_set_phase, may_write
 from patients.models import Clinic
 from patients.scoped_admin import ClinicScopedAdmin, ScopedInline, apply_errors
-from pumps import domain, services
+from pumps import charts, documents, domain, services
 from pumps.models import (
     Catheter,
     CatheterRevision,
@@ -529,11 +529,13 @@ class PumpAdmin(StampedFormAdmin):
         "explanted_on",
         "explant_reason",
         "state_panel",
+        "charts_panel",
         "history_panel",
         "messages_panel",
     ]
     fieldsets = [
         ("Now", {"fields": ["state_panel"]}),
+        ("Charts", {"fields": ["charts_panel"]}),
         (
             "Device",
             {"fields": PumpAddForm.Meta.fields},
@@ -606,6 +608,25 @@ class PumpAdmin(StampedFormAdmin):
         today = domain.local_date(timezone.now(), obj.patient.clinic.tz)
         return render_to_string("admin/pumps/pump/_state.html", {"pump": obj, "s": state, "today": today})
 
+    @admin.display(description="reservoir and dose")
+    def charts_panel(self, obj: Pump) -> str:
+        # Two queries whatever the history's length: the programs and the refills.
+        now = timezone.now()
+        programs = list(obj.programs.all())
+        refills = list(obj.refills.all())
+        reservoir = charts.reservoir_chart(obj, programs, refills, now)
+        dose = charts.dose_chart(obj, programs, now)
+        return render_to_string(
+            "admin/pumps/pump/_charts.html",
+            {
+                "reservoir": reservoir,
+                "dose": dose,
+                # The SVG is built from escaped text only (charts._esc).
+                "reservoir_svg": mark_safe(charts.reservoir_svg(reservoir)),  # noqa: S308
+                "dose_svg": mark_safe(charts.dose_svg(dose)),  # noqa: S308
+            },
+        )
+
     @admin.display(description="programs and refills")
     def history_panel(self, obj: Pump) -> str:
         return render_to_string(
@@ -630,6 +651,8 @@ class PumpAdmin(StampedFormAdmin):
         return [
             path("<int:pk>/phase/", wrap(self.phase_view), name="pumps_pump_phase"),
             path("<int:pk>/end/", wrap(self.end_view), name="pumps_pump_end"),
+            path("<int:pk>/worksheet/", wrap(self.worksheet_view), name="pumps_pump_worksheet"),
+            path("<int:pk>/emergency-card.pdf", wrap(self.emergency_card_view), name="pumps_pump_emergency_card"),
             *super().get_urls(),
         ]
 
@@ -678,6 +701,40 @@ class PumpAdmin(StampedFormAdmin):
             "pump": pump,
         }
         return TemplateResponse(request, "admin/pumps/pump/end.html", context)
+
+    # -- documents: the refill worksheet and the emergency card --------------------------
+
+    def _readable_pump(self, request: HttpRequest, pk: int) -> Pump:
+        """A pump of the user's clinics (another clinic's: 404), for staff members only."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        return self._own_pump(request, pk)
+
+    def worksheet_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        pump = self._readable_pump(request, pk)
+        sheet = documents.worksheet(pump, timezone.now())
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Refill worksheet: {pump.patient}",
+            "sheet": sheet,
+            "pump": pump,
+            "card_language": pump.patient.get_language_display(),
+        }
+        return TemplateResponse(request, "admin/pumps/pump/worksheet.html", context)
+
+    def emergency_card_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        pump = self._readable_pump(request, pk)
+        now = timezone.now()
+        state = services.pump_state(pump, now)
+        pdf = documents.emergency_card_pdf(
+            pump, state, pump.patient.language, issued_on=domain.local_date(now, pump.patient.clinic.tz)
+        )
+        response = HttpResponse(pdf, content_type="application/pdf")
+        response["Content-Disposition"] = f'attachment; filename="{documents.card_filename(pump)}"'
+        # Health data: never kept by a shared cache or the browser's disk cache.
+        response["Cache-Control"] = "private, no-store"
+        return response
 
     def render_change_form(self, request: HttpRequest, context: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         obj = kwargs.get("obj")
