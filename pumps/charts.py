@@ -288,10 +288,12 @@ def _axes(f: _Frame, tz: ZoneInfo, y_title: str, y_ticks: Sequence[Decimal], uni
     return out
 
 
-def _legend(items: Sequence[tuple[str, str]], y: int = 16) -> list[str]:
-    """A row of swatches: (SVG of a 24x10 swatch at the origin, label)."""
+def _legend(items: Sequence[tuple[str, str]], y: int = 16, width: int = 820) -> list[str]:
+    """Rows of swatches: (SVG of a 24x10 swatch at the origin, label), wrapped at `width`."""
     out, x = [], 64
     for swatch, label in items:
+        if x + 34 + len(label) * 6.2 > width:
+            x, y = 64, y + 18
         out.append(f'<g transform="translate({x} {y - 9})">{swatch}</g>')
         out.append(f'<text x="{x + 28}" y="{y}" font-size="11" fill="#333">{_esc(label)}</text>')
         x += 34 + int(len(label) * 6.2)
@@ -365,9 +367,7 @@ def reservoir_svg(chart: ReservoirChart, svg_id: str = "pt-reservoir-chart") -> 
     # The alarm volume across the whole plot, labelled with its value.
     ya = f.y(chart.alarm_ml)
     out.append(f'<line x1="{f.x0}" y1="{ya}" x2="{f.x1}" y2="{ya}" stroke="{ORANGE}" stroke-width="1.5" stroke-dasharray="2 3"/>')
-    out.append(
-        f'<text x="{f.x1 - 4}" y="{ya - 4}" text-anchor="end" font-size="11" fill="{ORANGE}">alarm volume {_q(chart.alarm_ml)} mL</text>'
-    )
+    out.append(f'<text x="{f.x0 + 4}" y="{ya - 4}" font-size="11" fill="{ORANGE}">alarm volume {_q(chart.alarm_ml)} mL</text>')
 
     # Dates that matter, as vertical lines at the start of the day, labels staggered.
     markers = [
@@ -412,7 +412,9 @@ def reservoir_svg(chart: ReservoirChart, svg_id: str = "pt-reservoir-chart") -> 
         if mark.flagged:
             sign = "+" if (mark.discrepancy_ml or 0) > 0 else ""
             label = f"⚑ {sign}{_q(mark.discrepancy_ml or Decimal(0))} mL: withdrawn {_q(mark.withdrawn_ml)}, expected {_q(mark.expected_residual_ml)}"
-            out.append(f'<text x="{x + 8}" y="{yw + 4}" font-size="11" font-weight="bold" fill="{RED}">{_esc(label)}</text>')
+            # Near the right edge the label runs leftwards, so it is never cut off.
+            side = f'x="{x - 8}" text-anchor="end"' if x > f.x1 - 320 else f'x="{x + 8}"'
+            out.append(f'<text {side} y="{yw + 4}" font-size="11" font-weight="bold" fill="{RED}">{_esc(label)}</text>')
         out.append("</g>")
 
     solid = f'<line x1="0" y1="5" x2="24" y2="5" stroke="{BLUE}" stroke-width="2"/>'

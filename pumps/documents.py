@@ -228,13 +228,13 @@ class _Card(FPDF):
     def block(self, text: str, size: float, *, bold: bool = False, colour: tuple[int, int, int] = (0, 0, 0)) -> None:
         self.set_font("Card", "B" if bold else "", size)
         self.set_text_color(*colour)
-        self.multi_cell(self.inner_width, size * 0.42, text, new_x="LMARGIN", new_y="NEXT")
+        self.multi_cell(self.inner_width, size * 0.42, text, align="L", new_x="LMARGIN", new_y="NEXT")
 
     def height(self, blocks: list[tuple[str, bool]], size: float) -> float:
         total = 0.0
         for text, bold in blocks:
             self.set_font("Card", "B" if bold else "", size)
-            height = self.multi_cell(self.inner_width, size * 0.42, text, dry_run=True, output="HEIGHT")
+            height = self.multi_cell(self.inner_width, size * 0.42, text, align="L", dry_run=True, output="HEIGHT")
             assert isinstance(height, float | int)
             total += float(height)
         return total
