@@ -7,8 +7,9 @@ person may acknowledge), so nothing is half-written. Time comes in as `now`.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
@@ -36,6 +37,8 @@ from pumps.models import (
     ScreeningTrial,
 )
 from pumps.signals import dose_changed, refill_recorded, schedule_changed
+
+logger = logging.getLogger(__name__)
 
 
 class DoseChangeRefused(Exception):
@@ -168,6 +171,48 @@ def recompute_schedule(pump: Pump, *, announce: bool = True) -> Pump:
     if announce:
         announce_change([pump.pk])
     return pump
+
+
+@dataclass(frozen=True)
+class RecomputeResult:
+    done: int
+    changed: int
+    failed: list[int]
+
+
+def recompute_many(
+    pump_ids: Iterable[int], *, announce_changed: bool, advance: Callable[[], object] | None = None
+) -> RecomputeResult:
+    """Re-store each active pump's dates, each under its own lock and transaction.
+
+    One bad pump must not leave every later pump stale (STYLE.md anti-patterns): its error is
+    logged and the others are done; the caller decides how to report `failed`. With
+    `announce_changed`, a pump whose dates moved is re-planned after its commit (the hourly
+    sweep leaves that to the planning sweep that follows it).
+    """
+    done = changed = 0
+    failed: list[int] = []
+    for pk in pump_ids:
+        try:
+            with transaction.atomic():
+                # Locked and re-read like a refill: one committed since the caller listed the
+                # pumps must not be overwritten with dates computed from an older history.
+                pump = Pump.objects.select_for_update(of=("self",)).select_related("patient__clinic").filter(pk=pk).first()
+                if pump is not None and pump.is_active:
+                    before = (pump.alarm_on, pump.refill_by)
+                    recompute_schedule(pump, announce=False)
+                    if (pump.alarm_on, pump.refill_by) != before:
+                        changed += 1
+                        if announce_changed:
+                            announce_change([pump.pk])
+        except Exception:
+            logger.exception("recomputing pump %s failed", pk)
+            failed.append(pk)
+        else:
+            done += 1
+        if advance is not None:
+            advance()
+    return RecomputeResult(done, changed, failed)
 
 
 def recompute_clinic(clinic: Clinic) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
-from django.db import transaction
 
 from pumps import services
 from pumps.models import Pump, PumpStatus
@@ -27,24 +26,10 @@ def recompute_all_schedules() -> int:
     fails at the end so the error shows in the worker's result and monitoring.
     Returns how many pumps were recomputed.
     """
-    pumps = Pump.objects.filter(status=PumpStatus.ACTIVE).select_related("patient__clinic").order_by("pk")
-    done = 0
-    failed: list[int] = []
-    for pump in pumps.iterator(chunk_size=500):
-        try:
-            with transaction.atomic():
-                # Lock and re-read the row: a refill or programming change committed since
-                # the sweep started (they lock the pump too) must not be overwritten with
-                # dates computed from an older history.
-                locked = Pump.objects.select_for_update(of=("self",)).select_related("patient__clinic").filter(pk=pump.pk).first()
-                if locked is not None:  # deleted since the sweep started: nothing to store
-                    services.recompute_schedule(locked, announce=False)  # the planning sweep follows
-        except Exception:
-            logger.exception("recompute_all_schedules: pump %s failed", pump.pk)
-            failed.append(pump.pk)
-        else:
-            done += 1
-    if failed:
-        raise ScheduleSweepFailed(f"{len(failed)} of {done + len(failed)} pumps failed: {failed[:20]}")
-    logger.info("recompute_all_schedules: %s pumps recomputed", done)
-    return done
+    ids = Pump.objects.filter(status=PumpStatus.ACTIVE).order_by("pk").values_list("pk", flat=True)
+    result = services.recompute_many(ids.iterator(chunk_size=2000), announce_changed=False)  # the planning sweep follows
+    if result.failed:
+        total = result.done + len(result.failed)
+        raise ScheduleSweepFailed(f"{len(result.failed)} of {total} pumps failed: {result.failed[:20]}")
+    logger.info("recompute_all_schedules: %s pumps recomputed", result.done)
+    return result.done

@@ -9,18 +9,14 @@ sweep that follows it), so the outbox is right when the command ends.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import transaction
 
 from patients.models import Clinic
 from pumps import services
 from pumps.models import Pump, PumpStatus
 from pumptrack.progress import ProgressBar
-
-logger = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
@@ -41,36 +37,9 @@ class Command(BaseCommand):
             pumps = pumps.filter(patient__clinic_id=options["clinic"])
         ids = list(pumps.order_by("pk").values_list("pk", flat=True))
         verbose = int(options["verbosity"]) >= 1
-        changed = 0
-        failed: list[int] = []
         with ProgressBar(len(ids), label="recomputing pumps", stream=self.stdout, enabled=verbose) as bar:
-            for pk in ids:
-                try:
-                    changed += self._recompute(pk)
-                except Exception:
-                    # One bad pump must not leave every later pump stale (STYLE.md anti-patterns).
-                    logger.exception("recompute_schedules: pump %s failed", pk)
-                    failed.append(pk)
-                bar.advance()
+            result = services.recompute_many(ids, announce_changed=True, advance=bar.advance)
         if verbose:
-            self.stdout.write(f"Recomputed {len(ids) - len(failed)} active pumps: {changed} had different dates stored.")
-        if failed:
-            raise CommandError(f"{len(failed)} of {len(ids)} pumps failed (see the log): {failed[:20]}")
-
-    @staticmethod
-    def _recompute(pk: int) -> int:
-        """1 if the pump's stored dates changed, else 0 (a pump gone or ended since: 0)."""
-        with transaction.atomic():
-            # Locked and re-read like a refill: one committed meanwhile must not be
-            # overwritten with dates computed from an older history.
-            pump = Pump.objects.select_for_update(of=("self",)).select_related("patient__clinic").filter(pk=pk).first()
-            if pump is None or pump.status != PumpStatus.ACTIVE:
-                return 0
-            before = (pump.alarm_on, pump.refill_by)
-            services.recompute_schedule(pump, announce=False)
-            if (pump.alarm_on, pump.refill_by) == before:
-                return 0
-            # Re-planned after the commit, like any record that moves the dates; an unchanged
-            # pump's messages are the planning sweep's (re-planning 100,000 would take minutes).
-            services.announce_change([pump.pk])
-            return 1
+            self.stdout.write(f"Recomputed {result.done} active pumps: {result.changed} had different dates stored.")
+        if result.failed:
+            raise CommandError(f"{len(result.failed)} of {len(ids)} pumps failed (see the log): {result.failed[:20]}")
