@@ -1,14 +1,19 @@
 from django.contrib import admin
+from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
-from django.urls import include, path
+from django.urls import include, path, reverse
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from notifications.views import healthz
+from patients.access import is_member
 
 
 def home(request: HttpRequest) -> HttpResponse:
-    return redirect("admin:index")
+    """Clinic staff start on their worklist; anyone else at the admin login (then the worklist)."""
+    if is_member(request.user):
+        return redirect("workspace:worklist")
+    return redirect_to_login(reverse("workspace:worklist"), reverse("admin:login"))
 
 
 urlpatterns = [
