@@ -3,7 +3,7 @@ and as inline SVG (server-rendered: no JavaScript, no CDN, readable in a screens
 
 Pure functions on a pump's loaded history (programs and refills as lists): no queries, no
 clock. Every volume comes from `pumps.domain` through the same helpers `pumps.services`
-uses for the pump's dates (`_segments_since`, `_schedule`), so the picture cannot disagree
+uses for the pump's dates (`segments_since`, `schedule_for`, `alarm_volume_ml`), so the picture cannot disagree
 with the refill-by date staff act on.
 """
 
@@ -97,7 +97,7 @@ def _cent(value: Decimal) -> Decimal:
 def _decline(fill: Refill, programs: Sequence[Program], until: datetime) -> list[VolumePoint]:
     """Volume from a fill to `until`, with a point at every programming change between
     (the line bends where the rate changes)."""
-    segments = services._segments_since(programs, fill.performed_at)
+    segments = services.segments_since(programs, fill.performed_at)
     moments = [s.starts_at for s in segments if fill.performed_at < s.starts_at < until] + [until]
     return [
         VolumePoint(at, _cent(domain.volume_at(fill.volume_after_fill_ml, fill.performed_at, segments, at))) for at in moments
@@ -136,10 +136,9 @@ def reservoir_chart(pump: Pump, programs: Sequence[Program], refills: Sequence[R
     alarm_ml = pump.low_reservoir_alarm_ml
     alarm_on = refill_by = None
     last = fills[-1] if fills else None
-    sched = services._schedule(pump, last, programs) if last is not None and pump.is_active else None
+    sched = services.schedule_for(pump, last, programs) if last is not None and pump.is_active else None
     if last is not None and sched is not None:
-        # As services._schedule: a corrected (higher) alarm volume applies at once.
-        alarm_ml = max(last.low_reservoir_alarm_ml, pump.low_reservoir_alarm_ml)
+        alarm_ml = services.alarm_volume_ml(pump, last)
         alarm_on, refill_by = sched.alarm_on, sched.refill_by
         predicted.append(VolumePoint(last.performed_at, last.volume_after_fill_ml))
         if sched.anchor_at > last.performed_at:

@@ -45,7 +45,7 @@ def worksheet(pump: Pump, now: datetime) -> Worksheet:
     state = services.pump_state(pump, now)
     fill = state.last_fill
     # As the schedule: a corrected (higher) alarm volume applies at once.
-    alarm_ml = max(fill.low_reservoir_alarm_ml, pump.low_reservoir_alarm_ml) if fill else pump.low_reservoir_alarm_ml
+    alarm_ml = services.alarm_volume_ml(pump, fill)
     appointment = pump.appointments.filter(status=AppointmentStatus.BOOKED).order_by("starts_at").first()
     return Worksheet(pump, state, alarm_ml, appointment, now, domain.local_date(now, pump.patient.clinic.tz))
 

@@ -87,14 +87,21 @@ def _last_fill(pump: Pump) -> Refill | None:
     return pump.refills.order_by("-performed_at").first()
 
 
-def _segments_since(programs: Sequence[Program], since: datetime) -> list[domain.Segment]:
+def alarm_volume_ml(pump: Pump, fill: Refill | None) -> Decimal:
+    """The alarm volume the arithmetic uses: a corrected (higher) one applies at once, a
+    lower one from the next fill (the fill records the volume in force when it was made)."""
+    stored: Decimal = pump.low_reservoir_alarm_ml
+    return max(fill.low_reservoir_alarm_ml, stored) if fill else stored
+
+
+def segments_since(programs: Sequence[Program], since: datetime) -> list[domain.Segment]:
     """The program in force at `since` and every later one, as rate segments."""
     in_force = [p for p in programs if p.effective_at <= since][-1:]
     later = [p for p in programs if p.effective_at > since]
     return [domain.Segment(p.effective_at, p.rate_ml_per_day) for p in in_force + later]
 
 
-def _schedule(
+def schedule_for(
     pump: Pump, fill: Refill | None, programs: Sequence[Program], at: datetime | None = None, phase: str | None = None
 ) -> domain.Schedule | None:
     if fill is None or not programs:
@@ -102,9 +109,8 @@ def _schedule(
     clinic = pump.patient.clinic
     return domain.schedule(
         fill=domain.Fill(fill.performed_at, fill.volume_after_fill_ml),
-        segments=_segments_since(programs, fill.performed_at),
-        # A corrected (higher) alarm volume applies at once; a lower one from the next fill.
-        alarm_ml=max(fill.low_reservoir_alarm_ml, pump.low_reservoir_alarm_ml),
+        segments=segments_since(programs, fill.performed_at),
+        alarm_ml=alarm_volume_ml(pump, fill),
         tz=clinic.tz,
         margin_days=clinic.refill_margin_days,
         interval_days=_interval_days(clinic, phase or pump.phase),
@@ -138,7 +144,7 @@ def pump_states(pumps: Sequence[Pump], now: datetime) -> dict[int, PumpState]:
 
 def _state(pump: Pump, programs: Sequence[Program], fill: Refill | None, now: datetime) -> PumpState:
     # An explanted or replaced pump has no volume or dates to act on.
-    sched = _schedule(pump, fill, programs, at=now) if pump.is_active else None
+    sched = schedule_for(pump, fill, programs, at=now) if pump.is_active else None
     return PumpState(
         program=programs[-1] if programs else None,
         last_fill=fill,
@@ -162,7 +168,7 @@ def announce_change(pump_ids: Iterable[int]) -> None:
 
 def recompute_schedule(pump: Pump, *, announce: bool = True) -> Pump:
     """Store the pump's alarm and refill-by dates from its recorded history."""
-    sched = _schedule(pump, _last_fill(pump), _programs(pump)) if pump.is_active else None
+    sched = schedule_for(pump, _last_fill(pump), _programs(pump)) if pump.is_active else None
     alarm_on = sched.alarm_on if sched else None
     refill_by = sched.refill_by if sched else _unknown_contents_refill_by(pump)
     # Always written: the caller's object may hold dates older than the stored ones.
@@ -453,7 +459,7 @@ def preview_program(pump: Pump, inp: ProgramInput, now: datetime) -> ProgramPrev
     proposed = Program(
         pump=pump, effective_at=inp.effective_at, dose_mcg_per_day=dose, concentration_mcg_per_ml=inp.concentration_mcg_per_ml
     )
-    after = _schedule(pump, fill, [*programs, proposed])
+    after = schedule_for(pump, fill, [*programs, proposed])
     previous = context.previous_dose_mcg_per_day
     return ProgramPreview(
         dose_mcg_per_day=dose,
@@ -556,7 +562,7 @@ def preview_refill(pump: Pump, inp: RefillInput, now: datetime) -> RefillPreview
     discrepancy = None
     expected = None
     if fill is not None:
-        segments = _segments_since(programs, fill.performed_at)
+        segments = segments_since(programs, fill.performed_at)
         delivered = domain.delivered_ml(fill.performed_at, segments, inp.performed_at)
         expected = domain.volume_at(fill.volume_after_fill_ml, fill.performed_at, segments, inp.performed_at)
         discrepancy = domain.residual_discrepancy(
@@ -587,7 +593,7 @@ def preview_refill(pump: Pump, inp: RefillInput, now: datetime) -> RefillPreview
         dose_mcg_per_day=current_program.dose_mcg_per_day,
         concentration_mcg_per_ml=inp.concentration_mcg_per_ml,
     )
-    after = _schedule(pump, new_fill, [program_after])
+    after = schedule_for(pump, new_fill, [program_after])
     assert after is not None
     return RefillPreview(
         is_initial_fill=fill is None,
