@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from admin_support import NOW, client_for, staff
+from admin_support import NOW, client_for, listed, staff
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -471,6 +471,24 @@ def _one_of_each(clinic: Clinic, author: Any) -> None:
     flagged_refill(flagged)
     booked = overdue(clinic)
     book(booked)
+    Escalation.objects.create(  # about the patient: shown on the pump's row
+        clinic=clinic,
+        patient=pumps[2].patient,
+        reason=EscalationReason.OPTED_OUT,
+        severity=Severity.WARNING,
+        subject=f"patient:{pumps[2].patient_id}",
+        cycle="x",
+        raised_at=NOW,
+    )
+    Escalation.objects.create(  # about a patient without a pump: a row of its own
+        clinic=clinic,
+        patient=screened_patient(clinic=clinic),
+        reason=EscalationReason.OPTED_OUT,
+        severity=Severity.WARNING,
+        subject="patient:none",
+        cycle=f"x{with_escalation.pk}",
+        raised_at=NOW,
+    )
     for pump in [*pumps, with_escalation, scanned, worn, flagged, booked]:
         message(pump, status=Status.DELIVERED, at=NOW - timedelta(days=1))
         OutreachAttempt.objects.create(
@@ -484,7 +502,7 @@ def test_the_page_answers_with_a_constant_number_of_queries(clinic: Clinic, nurs
     once = _page_queries(nurse)
     for _ in range(9):
         _one_of_each(clinic, nurse)
-    assert sum(len(g.rows) for g in worklist(nurse, None, NOW)[0].groups) == 80
+    assert sum(len(g.rows) for g in worklist(nurse, None, NOW)[0].groups) == 90
     tenfold = _page_queries(nurse)
     assert len(tenfold) == len(once), "\n".join(tenfold)
     # Session, user, zone, roles; clinics twice, permissions, escalations, candidates; the
@@ -653,3 +671,46 @@ def test_discrepancy_rows_show_the_discrepancy(clinic: Clinic, nurse: Any) -> No
     row = rows_by_pump(nurse)[pump.pk]
     assert row.group == Group.DISCREPANCY
     assert row.last_fill.discrepancy_flagged and row.last_fill.discrepancy_ml < Decimal("-2")
+
+
+@pytest.mark.usefixtures("frozen_clock")
+def test_the_admin_lists_outreach_attempts_of_the_users_clinics_only(clinic: Clinic, nurse: Any) -> None:
+    mine, theirs = overdue(clinic), overdue(ClinicFactory())
+    seen = OutreachAttempt.objects.create(pump=mine, patient=mine.patient, at=NOW, outcome=OutreachOutcome.REACHED)
+    OutreachAttempt.objects.create(pump=theirs, patient=theirs.patient, at=NOW, outcome=OutreachOutcome.REACHED)
+    response = client_for(nurse).get("/admin/workspace/outreachattempt/")
+    assert listed(response) == {seen.pk}
+
+
+def test_an_escalation_about_a_patient_is_shown_on_their_pumps_row(clinic: Clinic, nurse: Any) -> None:
+    due, quiet = due_soon(clinic), not_due(clinic)
+    for pump in (due, quiet):
+        Escalation.objects.create(
+            clinic=clinic,
+            patient=pump.patient,
+            reason=EscalationReason.OPTED_OUT,
+            severity=Severity.WARNING,
+            subject=f"patient:{pump.patient_id}",
+            cycle="x",
+            raised_at=NOW,
+        )
+    found = groups_of(nurse)
+    rows = rows_by_pump(nurse)
+    assert (found[Group.DUE_UNBOOKED], found[Group.ESCALATION]) == ([due.pk], [quiet.pk])
+    assert [e.reason for e in rows[due.pk].escalations] == [EscalationReason.OPTED_OUT]
+    assert rows[due.pk].also == [Group.ESCALATION]
+
+
+def test_an_escalation_about_a_patient_without_an_active_pump_names_the_patient(clinic: Clinic, nurse: Any) -> None:
+    patient = screened_patient(clinic=clinic)
+    Escalation.objects.create(
+        clinic=clinic,
+        patient=patient,
+        reason=EscalationReason.OPTED_OUT,
+        severity=Severity.WARNING,
+        subject="p",
+        cycle="x",
+        raised_at=NOW,
+    )
+    rows = next(g for g in worklist(nurse, None, NOW)[0].groups if g.group == Group.ESCALATION).rows
+    assert [(r.pump, r.patient) for r in rows] == [(None, patient)]

@@ -301,9 +301,13 @@ def worklist(user: Any, clinic_ids: Collection[int] | None, now: datetime) -> li
     todays = {pk: planning.local_date(now, c.time_zone) for pk, c in clinics.items()}
 
     escalations = list(
-        Escalation.objects.filter(clinic_id__in=ids, status__in=OPEN_ESCALATION).order_by(SEVERITY_RANK.desc(), "raised_at", "pk")
+        Escalation.objects.filter(clinic_id__in=ids, status__in=OPEN_ESCALATION)
+        .select_related("patient")
+        .order_by(SEVERITY_RANK.desc(), "raised_at", "pk")
     )
     escalation_pumps = {e.pump_id for e in escalations if e.pump_id is not None}
+    # An escalation about a patient (an opt-out, a dead contact) belongs on their pump's row.
+    escalation_patients = {e.patient_id for e in escalations if e.pump_id is None and e.patient_id is not None}
 
     # Candidates by conservative bounds (the latest "today" and the longest planning
     # horizon of these clinics); `classify` then decides exactly, per clinic.
@@ -340,7 +344,7 @@ def worklist(user: Any, clinic_ids: Collection[int] | None, now: datetime) -> li
             last_message_id=Subquery(last_message.values("pk")[:1]),
             last_outreach_id=Subquery(last_outreach.values("pk")[:1]),
         )
-        .filter((Q(status=PumpStatus.ACTIVE) & due) | Q(pk__in=escalation_pumps))
+        .filter((Q(status=PumpStatus.ACTIVE) & (due | Q(patient_id__in=escalation_patients))) | Q(pk__in=escalation_pumps))
         .values("pk", "last_fill_id", "appointment_id", "last_message_id", "last_outreach_id")
     )
     refs = {c["pk"]: c for c in candidates}
@@ -355,10 +359,12 @@ def worklist(user: Any, clinic_ids: Collection[int] | None, now: datetime) -> li
     messages = by_id(Message, "last_message_id")
     outreach = by_id(OutreachAttempt, "last_outreach_id", select=["by"])
 
+    active_pump_of = {item.pump.patient_id: item.pump.pk for item in loaded if item.facts.active}
     pump_escalations: dict[int, list[Escalation]] = defaultdict(list)
     for esc in escalations:
-        if esc.pump_id is not None:
-            pump_escalations[esc.pump_id].append(esc)
+        pump_id = esc.pump_id if esc.pump_id is not None else active_pump_of.get(esc.patient_id or 0)
+        if pump_id is not None:
+            pump_escalations[pump_id].append(esc)
 
     rows: dict[int, list[Row]] = defaultdict(list)
     shown: set[int] = set()
@@ -406,13 +412,16 @@ def worklist(user: Any, clinic_ids: Collection[int] | None, now: datetime) -> li
                 last_outreach=outreach.get(ref["last_outreach_id"]),
             )
         )
-    # Escalations about no pump we may show (a clinic-wide one, or a pump whose patient
-    # moved to a clinic outside this user's): listed on their own, without pump details.
+    # Escalations on no row yet (a clinic-wide one, a patient with no active pump, or a
+    # pump whose patient moved to a clinic outside this user's): listed on their own,
+    # with the patient only when the patient is in one of the user's clinics.
+    listed = {esc.pk for pump_id in shown for esc in pump_escalations[pump_id]}
     for esc in escalations:
-        if esc.pump_id in shown:
+        if esc.pk in listed:
             continue
+        patient = esc.patient if esc.patient is not None and esc.patient.clinic_id in clinics else None
         rows[esc.clinic_id].append(
-            Row(group=Group.ESCALATION, clinic=clinics[esc.clinic_id], pump=None, patient=None, escalations=[esc])
+            Row(group=Group.ESCALATION, clinic=clinics[esc.clinic_id], pump=None, patient=patient, escalations=[esc])
         )
 
     result = []

@@ -28,7 +28,7 @@ from patients.models import Clinic
 from patients.scoped_admin import apply_errors
 from pumps.models import Pump
 from workspace import services
-from workspace.models import OutreachAttempt
+from workspace.models import OutreachAttempt, OutreachOutcome
 
 View = Callable[..., HttpResponse]
 
@@ -121,6 +121,11 @@ class OutreachForm(forms.ModelForm):  # type: ignore[type-arg]
             "note": forms.Textarea(attrs={"rows": 3, "cols": 60}),
         }
         help_texts = {"at": "Clinic time.", "note": "What was said or agreed, e.g. the visit date the patient asked for."}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # No preselected blank: the outcome is a required choice.
+        self.fields["outcome"].choices = OutreachOutcome.choices
 
 
 def _back(request: HttpRequest) -> str:
