@@ -563,7 +563,7 @@ def _escalations(result: Plan, facts: PumpFacts, policy: Policy, patient: Contac
                 f"The refill visit booked for {visit.starts_at.astimezone(zoneinfo.ZoneInfo(tz)):%Y-%m-%d %H:%M}"
                 + (f" ({visit.location})" if visit.location else "")
                 + " was missed: no refill recorded that day. Call the patient and book a new visit"
-                + (f" before {facts.refill_by.isoformat()}." if facts.refill_by else "."),
+                + (f" (refill due by {facts.refill_by.isoformat()})." if facts.refill_by else "."),
             )
         )
     for event_id, at in facts.replacement_indicators:

@@ -362,6 +362,10 @@ def _close_past_visits(item: _Loaded, now: datetime) -> None:
     """Booked visits whose clinic-local day is over stop being booked: missed (the plan
     escalates them), or done if a refill came after the booking without closing them."""
     tz = item.policy.time_zone
+    if not item.facts.active:
+        # Explanted or replaced: no refill visit is coming for this pump.
+        appointments.cancel_for_ended_pump(item.pump.pk, now)
+        return
     ended = [v for v in item.facts.visits if not v.missed and now >= planning.visit_day_end(v, tz)]
     if ended:
         appointments.close_past_visits(

@@ -274,3 +274,11 @@ def close_past_visits(visits: list[tuple[int, bool, int | None]], now: datetime)
         Appointment.objects.filter(pk=pk, status=AppointmentStatus.BOOKED).update(
             status=AppointmentStatus.DONE if refilled else AppointmentStatus.MISSED, closed_at=now, updated_at=now, **fields
         )
+
+
+def cancel_for_ended_pump(pump_id: int, now: datetime) -> int:
+    """Cancel the booked visit of a pump that was explanted or replaced (the re-plan after
+    its end calls this): it must not show in the week view, nor be marked missed."""
+    return Appointment.objects.filter(pump_id=pump_id, status=AppointmentStatus.BOOKED).update(
+        status=AppointmentStatus.CANCELLED, closed_at=now, updated_at=now, cancellation_reason="Pump explanted or replaced"
+    )

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
-from admin_support import NOW, client_for, form_errors, split_moment, staff
+from admin_support import NOW, client_for, form_errors, listed, split_moment, staff
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -334,6 +334,20 @@ def test_a_kept_visit_raises_nothing() -> None:
     assert not missed(pump).exists()
 
 
+def test_an_explanted_pumps_booked_visit_is_cancelled_not_missed() -> None:
+    from pumps import services as pump_services
+
+    pump = a_pump()
+    appointment = book(pump, datetime(2027, 2, 1, 10, 0, tzinfo=LONDON))
+    pump_services.end_pump(pump, status=PumpStatus.EXPLANTED, on=date(2027, 1, 10), reason="Infection", now=BOOKED_AT)
+
+    replan(pump, datetime(2027, 2, 3, 12, 0, tzinfo=UTC))
+
+    appointment.refresh_from_db()
+    assert (appointment.status, appointment.cancellation_reason) == (AppointmentStatus.CANCELLED, "Pump explanted or replaced")
+    assert not missed(pump).exists()
+
+
 # --------------------------------------------------------------------------- admin
 
 
@@ -418,6 +432,28 @@ def test_cancel_from_the_visit_page(frozen_clock: None, pump_a: Pump, pump_b: Pu
     mine.refresh_from_db()
     assert (mine.status, mine.cancellation_reason) == (AppointmentStatus.CANCELLED, "Unwell")
     assert Appointment.objects.get(pk=theirs.pk).status == AppointmentStatus.BOOKED
+
+
+def test_moving_a_visit_on_its_page_reschedules_it(frozen_clock: None, pump_a: Pump) -> None:
+    old = book(pump_a, datetime(2027, 2, 2, 10, 0, tzinfo=UTC), now=NOW)
+    nurse = client_for(staff((pump_a.patient.clinic, Role.NURSE)))
+    data = booking_data(pump_a, datetime(2027, 2, 3, 15, 0, tzinfo=UTC), location="Room 9")
+    del data["pump"]
+
+    assert nurse.post(reverse("admin:pumps_appointment_change", args=[old.pk]), data).status_code == 302
+
+    old.refresh_from_db()
+    new = Appointment.objects.get(status=AppointmentStatus.BOOKED)
+    assert old.status == AppointmentStatus.CANCELLED
+    assert (new.starts_at, new.location) == (datetime(2027, 2, 3, 15, 0, tzinfo=UTC), "Room 9")
+
+
+def test_the_list_holds_only_the_users_clinics(frozen_clock: None, pump_a: Pump, pump_b: Pump) -> None:
+    mine = book(pump_a, datetime(2027, 2, 2, 10, 0, tzinfo=UTC), now=NOW)
+    theirs = book(pump_b, datetime(2027, 2, 2, 10, 0, tzinfo=UTC), now=NOW)
+    nurse = client_for(staff((pump_a.patient.clinic, Role.NURSE)))
+    assert listed(nurse.get(reverse("admin:pumps_appointment_changelist"))) == {mine.pk}
+    assert nurse.get(reverse("admin:pumps_appointment_change", args=[theirs.pk])).status_code == 302  # admin: "does not exist"
 
 
 WEEK = "admin:pumps_appointment_week"
