@@ -155,7 +155,7 @@ class _Loaded:
     contacts: list[planning.Contact]
 
 
-def _load(pump_ids: Sequence[int], now: datetime) -> list[_Loaded]:
+def load_facts(pump_ids: Sequence[int], now: datetime) -> list[_Loaded]:
     """Facts for a batch of pumps in a constant number of queries."""
     latest = Refill.objects.filter(pump=OuterRef("pk")).order_by("-performed_at", "-pk")
     pumps = list(
@@ -308,7 +308,7 @@ def reconcile_pumps(pump_ids: Sequence[int], now: datetime) -> ReconcileResult:
         ids = list(
             Pump.objects.select_for_update(no_key=True).filter(pk__in=pump_ids).order_by("pk").values_list("pk", flat=True)
         )
-        loaded = _load(ids, now)
+        loaded = load_facts(ids, now)
         subjects = [f"pump:{pk}" for pk in ids]
         open_rows: dict[tuple[str, ...], Message] = {
             _identity(m): m

@@ -742,6 +742,7 @@ class PumpAdmin(StampedFormAdmin):
             context["may_set_phase"] = obj.is_active and may_set_phase(request.user, obj.patient.clinic)
             context["may_record"] = obj.is_active and may_write(request.user, "pumps.refill", obj.patient.clinic)
             context["may_program"] = obj.is_active and may_write(request.user, "pumps.program", obj.patient.clinic)
+            context["may_book"] = obj.is_active and may_write(request.user, "pumps.appointment", obj.patient.clinic)
             context["Phase"] = Phase
         return super().render_change_form(request, context, *args, **kwargs)
 

@@ -2,7 +2,7 @@
 
 `worklist(user, clinic_ids, now)` reads everything in a constant number of queries, whatever
 the number of pumps, and decides each pump's group with the pure `classify`. The MRI and
-contact facts come from the message planner's loader (`notifications.services._load`), so
+contact facts come from the message planner's loader (`notifications.services.load_facts`), so
 the worklist and the escalations it lists never disagree on what "post-MRI check pending"
 or "contact blocked" means.
 """
@@ -31,7 +31,7 @@ from notifications.models import (
     Severity,
     Status,
 )
-from notifications.services import SCAN_LOOKBACK, _load
+from notifications.services import SCAN_LOOKBACK, load_facts
 from patients.access import WRITE_ROLES, clinics_for
 from patients.models import Clinic, Membership, Patient
 from pumps.models import Appointment, AppointmentStatus, ClinicalEvent, EventKind, Pump, PumpStatus, Refill
@@ -348,7 +348,7 @@ def worklist(user: Any, clinic_ids: Collection[int] | None, now: datetime) -> li
         .values("pk", "last_fill_id", "appointment_id", "last_message_id", "last_outreach_id")
     )
     refs = {c["pk"]: c for c in candidates}
-    loaded = _load(sorted(refs), now)
+    loaded = load_facts(sorted(refs), now)
 
     def by_id(model: type[Any], key: str, select: Sequence[str] = ()) -> dict[int, Any]:
         wanted = [c[key] for c in candidates if c[key] is not None]

@@ -53,7 +53,7 @@ from notifications.models import (
 )
 from notifications.transports import Outgoing, SmsBackend, TransportError
 from patients.models import ORIGIN_BY_DIAGNOSIS, Caregiver, Clinic, Diagnosis, Language, Membership, Patient, Role
-from pumps import domain, services
+from pumps import appointments, domain, services
 from pumps.models import (
     Catheter,
     ClinicalEvent,
@@ -1041,10 +1041,30 @@ class Command(BaseCommand):
                     # Only for a complete, new set: replaying yesterday over messages a running
                     # demo already planned for later moments would cancel some of them.
                     MessageHistory(clinics, staff, now).replay()
+                    self._book_visits(list(clinics.values()), staff, now)
                 bar.advance()
             bar.advance()
 
         self._report(clinics, password, now, tally)
+
+    # -- appointments
+
+    def _book_visits(self, clinics: list[Clinic], staff: dict[int, dict[Role, Any]], now: datetime) -> None:
+        """Book the next visit of pumps due in 5 to 14 days, two days before their refill-by
+        date at 10:00: the week view has visits, and the pumps due sooner stay on the
+        worklist's "due without an appointment" group."""
+        for clinic in clinics:
+            today = domain.local_date(now, clinic.tz)
+            due = Pump.objects.filter(
+                patient__clinic=clinic,
+                status=PumpStatus.ACTIVE,
+                refill_by__gte=today + timedelta(days=5),
+                refill_by__lte=today + timedelta(days=14),
+            ).select_related("patient__clinic")
+            for pump in due.order_by("refill_by", "pk"):
+                assert pump.refill_by is not None
+                starts_at = datetime.combine(pump.refill_by - timedelta(days=2), time(10, 0), tzinfo=clinic.tz)
+                appointments.book_appointment(pump, starts_at, "ITB clinic, room 2", "", staff[clinic.pk][Role.NURSE], now)
 
     # -- setup
 
