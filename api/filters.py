@@ -16,7 +16,7 @@ from api.fields import StorableIsoDateTimeRangeField
 from notifications.models import Escalation, Message, Status
 from patients.models import Clinic, Patient
 from pumps.domain import local_date
-from pumps.models import ClinicalEvent, Program, Pump, PumpStatus, Refill, ScreeningTrial
+from pumps.models import Appointment, ClinicalEvent, Program, Pump, PumpStatus, Refill, ScreeningTrial
 
 
 def by_local_today(field: str, lookup: str, offset_days: int = 0) -> Q:
@@ -147,3 +147,11 @@ class EscalationFilter(FilterSet):
     class Meta(FilterSet.Meta):
         model = Escalation
         fields = ["status", "severity", "reason", "patient", "pump"]
+
+
+class AppointmentFilter(FilterSet):
+    starts_at = DateTimeRangeFilter()
+
+    class Meta(FilterSet.Meta):
+        model = Appointment
+        fields = ["pump", "status", "starts_at"]

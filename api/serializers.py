@@ -18,7 +18,7 @@ from api.viewsets import WritableRelatedField
 from notifications.models import Escalation, Message
 from patients.models import Caregiver, Clinic, Patient
 from pumps import domain
-from pumps.models import ClinicalEvent, Program, ProgramMode, Pump, PumpModel, Refill, ScreeningTrial
+from pumps.models import Appointment, ClinicalEvent, Program, ProgramMode, Pump, PumpModel, Refill, ScreeningTrial
 from pumps.services import IMPLANT_FIELDS, PumpState
 
 WARNING_CODES = [(r.value, r.value) for r in domain.Rule]
@@ -428,3 +428,50 @@ class ApiTokenSerializer(ModelSerializer):
 
     def get_key(self, token: ApiToken) -> str | None:
         return self.context.get("key")
+
+
+# ----------------------------------------------------------------------------- appointments
+
+
+class AppointmentSerializer(ModelSerializer):
+    pump = WritableRelatedField(clinic_lookup="patient__clinic", queryset=Pump.objects.all())
+    acknowledged_late = serializers.BooleanField(
+        write_only=True, required=False, default=False, help_text="Book after the refill-by date (give a reason)."
+    )
+    booked_by = UserField()
+
+    class Meta:
+        model = Appointment
+        fields = [
+            "id",
+            "pump",
+            "starts_at",
+            "location",
+            "notes",
+            "status",
+            "after_refill_by",
+            "acknowledged_late",
+            "reason",
+            "refill",
+            "booked_by",
+            "created_at",
+            "closed_at",
+            "cancellation_reason",
+        ]
+        read_only_fields = ["status", "refill", "closed_at", "cancellation_reason"]
+        validators: list[Any] = []  # one booked visit per pump: the service names the field
+
+
+class AppointmentChangeSerializer(ModelSerializer):
+    """A new time reschedules the visit (the old booking is cancelled, history kept); a new
+    place or note only updates it."""
+
+    acknowledged_late = serializers.BooleanField(required=False, default=False)
+
+    class Meta:
+        model = Appointment
+        fields = ["starts_at", "location", "notes", "acknowledged_late", "reason"]
+
+
+class CancelSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    cancellation_reason = serializers.CharField(max_length=200, required=False, allow_blank=True)

@@ -32,8 +32,9 @@ from notifications.models import SEVERITY_RANK, Escalation, EscalationStatus, Me
 from patients import services as patient_services
 from patients.access import is_clinician, may_set_phase, may_write
 from patients.models import Clinic, Patient
+from pumps import appointments as appointment_services
 from pumps import services as pump_services
-from pumps.models import ClinicalEvent, Program, Pump, PumpModel, Refill, ScreeningTrial
+from pumps.models import Appointment, ClinicalEvent, Program, Pump, PumpModel, Refill, ScreeningTrial
 
 WARNINGS_400 = OpenApiResponse(
     description="Field errors (`{field: [messages]}`), or a dose change refused until its warnings are "
@@ -372,6 +373,77 @@ class EventViewSet(ReadCreateViewSet):
     def perform_create(self, serializer: s.EventSerializer) -> None:
         values = _values(serializer)
         serializer.instance = pump_services.record_event(now=timezone.now(), by=self.request.user, **values)
+
+
+# ----------------------------------------------------------------------------- appointments
+
+
+@extend_schema_view(
+    update=extend_schema(request=s.AppointmentChangeSerializer, responses={200: s.AppointmentSerializer}),
+    partial_update=extend_schema(request=s.AppointmentChangeSerializer, responses={200: s.AppointmentSerializer}),
+)
+class AppointmentViewSet(mixins.UpdateModelMixin, ReadCreateViewSet):
+    """Booked refill visits. Booking on a day after the pump's refill-by date is refused
+    unless `acknowledged_late` with a `reason`; one booked visit per pump; a recorded refill
+    closes it, and a visit whose day ends without one is marked missed and escalated."""
+
+    queryset = Appointment.objects.select_related("booked_by", "pump__patient__clinic")
+    serializer_class = s.AppointmentSerializer
+    clinic_lookup = "pump__patient__clinic"
+    write_label = "pumps.appointment"
+    filterset_class = filters.AppointmentFilter
+    ordering_fields = ["starts_at", "created_at", "id"]
+
+    def get_serializer_class(self) -> type[serializers.BaseSerializer]:  # type: ignore[type-arg]
+        return s.AppointmentChangeSerializer if self.action in ("update", "partial_update") else s.AppointmentSerializer
+
+    def perform_create(self, serializer: s.AppointmentSerializer) -> None:
+        v = _values(serializer)
+        serializer.instance = appointment_services.book_appointment(
+            v["pump"],
+            v["starts_at"],
+            v.get("location", ""),
+            v.get("notes", ""),
+            self.request.user,
+            timezone.now(),
+            acknowledged_late=v.get("acknowledged_late", False),
+            reason=v.get("reason", ""),
+        )
+
+    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        visit: Appointment = self.get_object()
+        body = self.get_serializer(visit, data=request.data, partial=kwargs.get("partial", False))
+        body.is_valid(raise_exception=True)
+        v = _values(body)
+        now = timezone.now()
+        if "starts_at" in v and v["starts_at"] != visit.starts_at:
+            visit = appointment_services.reschedule(
+                visit,
+                v["starts_at"],
+                by=request.user,
+                now=now,
+                location=v.get("location"),
+                notes=v.get("notes"),
+                acknowledged_late=v.get("acknowledged_late", False),
+                reason=v.get("reason", ""),
+            )
+        else:
+            visit = appointment_services.update_details(
+                visit, location=v.get("location", visit.location), notes=v.get("notes", visit.notes), now=now
+            )
+        return Response(s.AppointmentSerializer(visit, context=self.get_serializer_context()).data)
+
+    @extend_schema(request=s.CancelSerializer, responses={200: s.AppointmentSerializer})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        """Cancel a booked visit: the pump is due without an appointment again."""
+        visit = self.get_object()
+        body = s.CancelSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        visit = appointment_services.cancel_appointment(
+            visit, by=request.user, now=timezone.now(), reason=body.validated_data.get("cancellation_reason", "")
+        )
+        return Response(s.AppointmentSerializer(visit, context=self.get_serializer_context()).data)
 
 
 # ----------------------------------------------------------------------------- messages and escalations

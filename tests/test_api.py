@@ -21,6 +21,7 @@ from integrations.services import issue_feed
 from notifications import services as notification_services
 from notifications.models import Escalation, EscalationReason, Message, Severity, Status
 from patients.models import Clinic, Patient, Role
+from pumps.appointments import book_appointment
 from pumps.models import ClinicalEvent, EventKind, Program, Pump, PumpStatus, Refill
 from webhooks import services as webhook_services
 
@@ -653,6 +654,7 @@ def test_filters_naming_another_clinics_ids_find_nothing(clinic_a_records: dict[
 
 
 LIST_ENDPOINTS = [
+    "appointments",
     "calendar-feeds",
     "tokens",
     "webhook-endpoints",
@@ -683,6 +685,10 @@ def test_a_list_runs_the_same_number_of_queries_whatever_the_page_size(endpoint:
     for i in range(6):
         patient = screened_patient(clinic=clinic_a, email=f"p{i}@example.org")
         issue_feed(clinic=clinic_a, patient=patient, label=f"portal {i}", by=None, now=NOW)
+        pump_for_visit = implanted_pump(
+            patient=screened_patient(clinic=clinic_a), implanted_at=IMPLANTED_AT + timedelta(days=20, hours=i)
+        )
+        book_appointment(pump_for_visit, NOW + timedelta(days=1), "Room 2", "", None, NOW)
         pump = implanted_pump(patient=patient, implanted_at=IMPLANTED_AT + timedelta(hours=i))
         CaregiverFactory(patient=pump.patient)
         fill(pump, at=VISIT_AT, withdrawn_ml="28.80", volume_added_ml="40")

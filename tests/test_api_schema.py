@@ -4,6 +4,7 @@ and every answer (status, content type, body) as the schema documents it."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from integrations.services import issue_feed
 from notifications import services as notification_services
 from notifications.models import EscalationReason, Message, Severity
 from patients.models import Patient, Role
+from pumps.appointments import book_appointment
 from pumps.models import ClinicalEvent, EventKind, Pump
 from pumptrack.wsgi import application
 from webhooks import services as webhook_services
@@ -81,6 +83,7 @@ def seeded(pump_a: Pump, clinic_b: Any, settings: Any) -> dict[str, Any]:
         "messages": Message.objects.filter(pump=pump_a).first().pk,
         "escalations": esc.pk,
     }
+    ids["appointments"] = book_appointment(pump_a, VISIT_AT + timedelta(days=1), "Room 2", "", None, VISIT_AT).pk
     ids["calendar-feeds"] = issue_feed(clinic=pump_a.patient.clinic, label="board", by=None, now=VISIT_AT).pk
     ids["webhook-endpoints"] = endpoint.pk
     ids["webhook-deliveries"] = endpoint.deliveries.first().pk
