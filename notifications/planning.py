@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
+from pumps.domain import refill_keeps_visit
+
 # How far back an event may lie and still get its message when first planned (e.g. a
 # pump imported with an implant date years ago gets no "welcome" warnings). Operational,
 # not clinical.
@@ -221,8 +223,8 @@ def visit_day_end(visit: Visit, tz_name: str) -> datetime:
 
 
 def refilled_since(visit: Visit, facts: PumpFacts) -> bool:
-    """A refill performed after the booking is the visit kept (pumps.appointments.fulfils)."""
-    return facts.last_fill_at is not None and facts.last_fill_at >= visit.booked_at
+    """Whether the last refill is the visit kept (pumps.domain.refill_keeps_visit)."""
+    return facts.last_fill_at is not None and refill_keeps_visit(visit.booked_at, visit.starts_at, facts.last_fill_at)
 
 
 def upcoming_visit(facts: PumpFacts, policy: Policy, now: datetime) -> Visit | None:

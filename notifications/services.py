@@ -19,7 +19,7 @@ from typing import Any
 from django.conf import settings
 from django.core import signing
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, F, OuterRef, Q, QuerySet, Subquery
+from django.db.models import DateTimeField, Exists, ExpressionWrapper, F, OuterRef, Q, QuerySet, Subquery
 from django.template.loader import render_to_string
 from django.urls import reverse
 
@@ -46,6 +46,7 @@ from notifications.signals import escalations_raised
 from notifications.transports import Outgoing, TransportError, transport_for
 from patients.models import Caregiver, Clinic, Patient, parse_day_list
 from pumps import appointments
+from pumps.domain import EARLY_VISIT_WINDOW
 from pumps.models import Appointment, AppointmentStatus, ClinicalEvent, EventKind, Pump, PumpStatus, Refill
 from pumps.services import announce_change
 
@@ -185,7 +186,12 @@ def load_facts(pump_ids: Sequence[int], now: datetime) -> list[_Loaded]:
     blocks = active_blocks(pairs)
     visits: dict[int, list[planning.Visit]] = defaultdict(list)
     # The booked visit, and missed ones still waiting for a refill (their escalation stays open).
-    refilled = Refill.objects.filter(pump_id=OuterRef("pump_id"), performed_at__gte=OuterRef("created_at"))
+    # The refill that keeps a visit (pumps.domain.refill_keeps_visit), as SQL.
+    refilled = Refill.objects.filter(
+        Q(performed_at__gte=OuterRef("created_at")),
+        Q(performed_at__gte=ExpressionWrapper(OuterRef("starts_at") - EARLY_VISIT_WINDOW, output_field=DateTimeField())),
+        pump_id=OuterRef("pump_id"),
+    )
     for a in (
         Appointment.objects.filter(pump_id__in=pump_ids)
         .filter(Q(status=AppointmentStatus.BOOKED) | Q(status=AppointmentStatus.MISSED) & ~Exists(refilled))

@@ -712,6 +712,9 @@ class PumpAdmin(StampedFormAdmin):
 
     def worksheet_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         pump = self._readable_pump(request, pk)
+        if not pump.is_active:
+            self.message_user(request, "This pump is no longer implanted: there is no refill visit to prepare.", messages.WARNING)
+            return HttpResponseRedirect(reverse("admin:pumps_pump_change", args=[pump.pk]))
         sheet = documents.worksheet(pump, timezone.now())
         context = {
             **self.admin_site.each_context(request),
@@ -725,6 +728,12 @@ class PumpAdmin(StampedFormAdmin):
 
     def emergency_card_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         pump = self._readable_pump(request, pk)
+        if not pump.is_active:
+            # A card for a removed pump would tell an emergency doctor the wrong device and dose.
+            self.message_user(
+                request, "This pump is no longer implanted: print the card of the patient's active pump.", messages.WARNING
+            )
+            return HttpResponseRedirect(reverse("admin:pumps_pump_change", args=[pump.pk]))
         now = timezone.now()
         state = services.pump_state(pump, now)
         pdf = documents.emergency_card_pdf(

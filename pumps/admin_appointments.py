@@ -234,8 +234,10 @@ class AppointmentAdmin(StampedFormAdmin):
 
     def week_view(self, request: HttpRequest) -> HttpResponse:
         clinics = list(clinics_for(request.user))
-        start = week_start(request.GET.get("start", ""), clinics, timezone.now())
-        week = build_week(clinics, start)
+        now = timezone.now()
+        start = week_start(request.GET.get("start", ""), clinics, now)
+        today = domain.local_date(now, clinics[0].tz) if clinics else now.astimezone(UTC).date()
+        week = build_week(clinics, start, today)
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
@@ -252,16 +254,23 @@ class AppointmentAdmin(StampedFormAdmin):
 
 def week_start(raw: str, clinics: list[Clinic], now: datetime) -> date:
     """The Monday of the week asked for, or of this week on the (first) clinic's calendar."""
+    today = domain.local_date(now, clinics[0].tz) if clinics else now.astimezone(UTC).date()
     try:
         on = date.fromisoformat(raw)
     except ValueError:
-        on = domain.local_date(now, clinics[0].tz) if clinics else now.astimezone(UTC).date()
+        on = today
+    if abs((on - today).days) > 3660:  # a typo, or the calendar's ends (no date arithmetic past them)
+        on = today
     return on - timedelta(days=on.weekday())
 
 
-def build_week(clinics: list[Clinic], start: date) -> list[dict[str, Any]]:
+def build_week(clinics: list[Clinic], start: date, today: date | None = None) -> list[dict[str, Any]]:
     """Per clinic-local day of the week: the visits (booked or closed) and the active pumps
-    whose refill-by falls that day with no visit booked. Two queries whatever the size."""
+    whose refill-by falls that day with no visit booked. Two queries whatever the size.
+
+    In the week that holds `today`, pumps already overdue with no visit booked are listed on
+    today: the most urgent to book would otherwise appear on no current or future week.
+    """
     days = [start + timedelta(days=n) for n in range(7)]
     end = days[-1] + timedelta(days=1)
     # Every zone's week lies within a day of the UTC one; each visit is placed by its own clinic's date.
@@ -274,8 +283,10 @@ def build_week(clinics: list[Clinic], start: date) -> list[dict[str, Any]]:
         .order_by("starts_at", "pk")
     )
     booked = Appointment.objects.filter(pump=OuterRef("pk"), status=AppointmentStatus.BOOKED)
+    this_week = today is not None and start <= today < start + timedelta(days=7)
+    since = date.min if this_week else start
     unbooked = (
-        Pump.objects.filter(patient__clinic__in=clinics, status=PumpStatus.ACTIVE, refill_by__gte=start, refill_by__lt=end)
+        Pump.objects.filter(patient__clinic__in=clinics, status=PumpStatus.ACTIVE, refill_by__gte=since, refill_by__lt=end)
         .exclude(Exists(booked))
         .select_related("patient__clinic", "model")
         .order_by("refill_by", "patient__family_name", "pk")
@@ -288,5 +299,6 @@ def build_week(clinics: list[Clinic], start: date) -> list[dict[str, Any]]:
     due: dict[date, list[Pump]] = defaultdict(list)
     for pump in unbooked:
         assert pump.refill_by is not None
-        due[pump.refill_by].append(pump)
+        pump.overdue = today is not None and pump.refill_by < today  # type: ignore[attr-defined]
+        due[today if pump.overdue else pump.refill_by].append(pump)  # type: ignore[attr-defined,index]
     return [{"day": d, "visits": by_day.get(d, []), "unbooked": due.get(d, [])} for d in days]

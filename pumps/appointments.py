@@ -24,6 +24,8 @@ from pumps.services import announce_change
 
 # --------------------------------------------------------------------------- pure rules
 
+MAX_BOOKING_AHEAD = timedelta(days=366)
+
 
 def visit_day(starts_at: datetime, tz: ZoneInfo) -> date:
     """The clinic-local date of a visit: the day the refill-by rule and "missed" are judged on."""
@@ -43,15 +45,6 @@ def is_after_refill_by(starts_at: datetime, refill_by: date | None, tz: ZoneInfo
 def is_missed(starts_at: datetime, tz: ZoneInfo, now: datetime) -> bool:
     """Missed once its whole clinic-local day has passed (a late-afternoon refill still counts)."""
     return now >= day_end(starts_at, tz)
-
-
-def fulfils(booked_at: datetime, refill_performed_at: datetime) -> bool:
-    """Whether a refill is the visit the appointment was booked for.
-
-    Only a refill performed after the booking: staff often book the *next* visit before
-    typing in the refill just done, and a history entered late must not close a future visit.
-    """
-    return refill_performed_at >= booked_at
 
 
 def booking_errors(
@@ -82,6 +75,10 @@ def booking_errors(
         add("pump", f"This pump already has a visit booked ({local:%Y-%m-%d %H:%M}): cancel or reschedule it instead.")
     if starts_at < now:
         add("starts_at", "Cannot be in the past.")
+    elif starts_at > now + MAX_BOOKING_AHEAD:
+        # Refills are due every 1-6 months (the 180-day stability ceiling): a visit a year or
+        # more away is a typing error, and far dates break date arithmetic downstream.
+        add("starts_at", "More than a year ahead: check the date.")
     elif is_after_refill_by(starts_at, refill_by, tz):
         assert refill_by is not None
         if not acknowledged_late:
@@ -258,7 +255,7 @@ def on_refill_recorded(refill: Refill, now: datetime) -> Appointment | None:
     announces the pump, and the re-plan after commit sees the visit done.
     """
     appointment = Appointment.objects.filter(pump_id=refill.pump_id, status=AppointmentStatus.BOOKED).first()
-    if appointment is None or not fulfils(appointment.created_at, refill.performed_at):
+    if appointment is None or not domain.refill_keeps_visit(appointment.created_at, appointment.starts_at, refill.performed_at):
         return None
     return appointment if _close(appointment, AppointmentStatus.DONE, now, refill=refill) else None
 

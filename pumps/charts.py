@@ -237,7 +237,8 @@ def _date_ticks(start: date, end: date) -> list[tuple[date, str]]:
     if span <= 120:
         step = next(s for s in (1, 2, 7, 14, 28) if span / s <= 10)
         return [(start + timedelta(days=d), (start + timedelta(days=d)).isoformat()) for d in range(0, span + 1, step)]
-    months = next(m for m in (1, 2, 3, 6, 12, 24, 60) if span / (30.4 * m) <= 10)
+    # A tiny dose can put the alarm date decades ahead: past 50 years, a tick per decade or more.
+    months = next((m for m in (1, 2, 3, 6, 12, 24, 60) if span / (30.4 * m) <= 10), 120 * (span // 36500 + 1))
     ticks = []
     on = date(start.year, start.month, 1)
     while on <= end:

@@ -518,3 +518,16 @@ def screening_problems(*, dose_mcg: Decimal, given_at: datetime, previous_given_
                 problems["given_at"] = "Screening doses must be at least 24 hours apart."
                 break
     return problems
+
+
+# ----------------------------------------------------------------------------- refill visits
+
+# A refill this close before a booked visit is that visit, come early; one earlier still is
+# the previous visit's refill typed in after the next visit was booked (issue 5 review).
+EARLY_VISIT_WINDOW = timedelta(days=7)
+
+
+def refill_keeps_visit(booked_at: datetime, starts_at: datetime, performed_at: datetime) -> bool:
+    """Whether a refill is the booked visit kept: performed after the booking was made, and
+    no more than EARLY_VISIT_WINDOW before the visit (a workflow rule, not a clinical one)."""
+    return performed_at >= max(booked_at, starts_at - EARLY_VISIT_WINDOW)
