@@ -31,6 +31,20 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000")
 
+# HTTPS: on in production behind TLS (`manage.py check --deploy` then has nothing to say);
+# off for the embedded demo and tests, which speak plain http on loopback.
+PUMPTRACK_HTTPS = env_bool("PUMPTRACK_HTTPS", False)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", PUMPTRACK_HTTPS)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = PUMPTRACK_HTTPS
+# HSTS tells browsers never to use http again for this host: a year, subdomains and the
+# preload list by default with HTTPS (lower SECURE_HSTS_SECONDS while trying it out).
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000 if PUMPTRACK_HTTPS else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", PUMPTRACK_HTTPS)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", PUMPTRACK_HTTPS)
+# Behind a proxy that terminates TLS and sets X-Forwarded-Proto (nginx, a load balancer).
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("PUMPTRACK_BEHIND_PROXY", False) else None
+SESSION_COOKIE_HTTPONLY = True
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",

@@ -228,3 +228,25 @@ def test_it_refuses_to_start_with_a_malformed_variable(tmp_path, variable, value
     proc = _start_django(tmp_path, SECRET_KEY="x" * 50, **{variable: value})
     assert proc.returncode != 0
     assert variable in proc.stderr
+
+
+def test_production_settings_pass_the_deploy_check() -> None:
+    """With PUMPTRACK_HTTPS, `manage.py check --deploy` has no warning (issue 6 hardening)."""
+    import os
+    import secrets
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_ALLOW_ASYNC_UNSAFE", "DEBUG")}
+    env.update(DEBUG="false", SECRET_KEY=secrets.token_urlsafe(50), PUMPTRACK_HTTPS="true", ALLOWED_HOSTS="pumps.example.org")
+    run = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "no issues" in run.stdout
