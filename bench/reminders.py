@@ -46,8 +46,7 @@ import time
 import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -101,19 +100,6 @@ def recreate_database(server_url: str, name: str) -> None:
 
 # --------------------------------------------------------------------------- data
 
-TIME_ZONES = [
-    "Europe/London",
-    "America/New_York",
-    "America/Chicago",
-    "America/Los_Angeles",
-    "Europe/Madrid",
-    "Australia/Sydney",
-    "UTC",
-    "Asia/Tokyo",
-]
-MODEL_WEIGHTS = {"8637-40": 40, "8637-20": 30, "13827": 15, "16827": 15}
-BATCH = 5000
-
 
 @dataclass
 class Seeded:
@@ -129,230 +115,39 @@ class Seeded:
     seconds: float = 0.0
 
 
-def _batches(items: list[Any], size: int = BATCH) -> Any:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def seed(n: int, now: datetime, rng: random.Random, past_days: int, future_days: int) -> Seeded:
-    """N patients with one pump each, in a realistic state, with bulk inserts only.
+    """N pumps with realistic histories, from the one load-data generator (bench/generate.py).
 
-    Not through the per-pump services (far too slow for 100k): the stored dates are drawn,
-    not computed, but they have the shapes planning reads (see README.md).
+    Planning reads only the stored values, which the generator computes with `pumps.domain`
+    as the services would. `past_days` and `future_days` shape the backlog: a share
+    past / (past + future) of the patients missed their last visits, by up to `past_days`.
     """
-    from notifications.models import BlockMethod, BlockReason, ContactBlock
-    from patients.models import Caregiver, Clinic, Diagnosis, Language, Patient, SpasticityOrigin
-    from pumps.models import ClinicalEvent, DrugProduct, EventKind, Phase, Pump, PumpModel, PumpStatus, Refill
+    from bench.generate import Options, generate
 
-    started = time.perf_counter()
-    out = Seeded()
-    today = now.date()
-    n_clinics = max(4, min(40, n // 2500))
-    clinics = Clinic.objects.bulk_create(
-        [
-            Clinic(
-                name=f"Bench clinic {i}",
-                time_zone=TIME_ZONES[i % len(TIME_ZONES)],
-                phone=f"+4420300{i:05d}",
-                email=f"clinic{i}@example.org",
-                notification_email=f"itb-team{i}@example.org" if i % 4 else "",
-            )
-            for i in range(n_clinics)
-        ]
+    options = Options(
+        pumps=n,
+        clinics=max(4, min(40, n // 2500)),
+        now=now,
+        seed=rng.randrange(2**31),
+        missed_share=past_days / max(1, past_days + future_days),
+        missed_days=max(1, past_days),
+        tag="Bench",
     )
-    out.clinics = len(clinics)
-    models = {m.model_number: m for m in PumpModel.objects.all()}
-    model_numbers = list(MODEL_WEIGHTS)
-    weights = list(MODEL_WEIGHTS.values())
-    diagnoses = [
-        (Diagnosis.MULTIPLE_SCLEROSIS, SpasticityOrigin.SPINAL),
-        (Diagnosis.SPINAL_CORD_INJURY, SpasticityOrigin.SPINAL),
-        (Diagnosis.CEREBRAL_PALSY, SpasticityOrigin.CEREBRAL),
-        (Diagnosis.BRAIN_INJURY, SpasticityOrigin.CEREBRAL),
-        (Diagnosis.STROKE, SpasticityOrigin.CEREBRAL),
-    ]
-
-    progress = progress_bar("patients", n)
-    patients: list[Patient] = []
-    for i in range(n):
-        diagnosis, origin = rng.choice(diagnoses)
-        patients.append(
-            Patient(
-                clinic=clinics[i % len(clinics)],
-                mrn=f"B{i:07d}",
-                given_name=rng.choice(["Alex", "Sam", "Maria", "José", "Priya", "Chen", "Fatima", "John"]),
-                family_name=f"Bench{i}",
-                birth_date=date(1940 + rng.randrange(75), rng.randrange(1, 13), rng.randrange(1, 29)),
-                diagnosis=diagnosis,
-                spasticity_origin=origin,
-                sci_t6_or_above=diagnosis == Diagnosis.SPINAL_CORD_INJURY and rng.random() < 0.5,
-                communication_difficulty=rng.random() < 0.05,
-                withdrawal_history=rng.random() < 0.05,
-                email=f"patient{i}@example.org" if rng.random() < 0.9 else "",
-                phone=f"+44207{i:07d}" if rng.random() < 0.85 else "",
-                language=Language.SPANISH if rng.random() < 0.2 else Language.ENGLISH,
-                time_zone=rng.choice(TIME_ZONES) if rng.random() < 0.05 else "",
-                contact_by_email=rng.random() >= 0.03,
-                contact_by_sms=rng.random() >= 0.05,
-                screened_elsewhere=True,
-            )
-        )
-    for chunk in _batches(patients):
-        Patient.objects.bulk_create(chunk)
-        progress(len(chunk))
-    progress.close()
-    out.patients = len(patients)
-
-    caregivers = [
-        Caregiver(
-            patient=p,
-            name=f"Carer of {p.family_name}",
-            relationship=rng.choice(["spouse", "parent", "child", "carer"]),
-            email=f"carer{i}@example.org" if rng.random() < 0.8 else "",
-            phone=f"+44208{i:07d}" if rng.random() < 0.5 else "",
-            language=p.language,
-            receives_safety_messages=rng.random() < 0.9,
-        )
-        for i, p in enumerate(patients)
-        if rng.random() < 0.3
-    ]
-    for chunk in _batches(caregivers):
-        Caregiver.objects.bulk_create(chunk)
-    out.caregivers = len(caregivers)
-
     progress = progress_bar("pumps", n)
-    pumps: list[Pump] = []
-    fills: list[tuple[Pump, date, bool]] = []
-    for i, patient in enumerate(patients):
-        model = models[rng.choices(model_numbers, weights)[0]]
-        maintenance = rng.random() < 0.8
-        if rng.random() < 0.003:
-            # Implanted in the last week: the implant's safety warnings are planned.
-            implanted_at = now - timedelta(hours=rng.randrange(1, 24 * 7))
-            fill_day, initial = implanted_at.date(), True
-            refill_by = fill_day + timedelta(days=30)
-        else:
-            refill_by = today + timedelta(days=rng.randint(-past_days, future_days))
-            fill_day = refill_by - timedelta(days=90 if maintenance else 30)
-            if fill_day >= today:
-                fill_day = today - timedelta(days=rng.randrange(1, 10))  # some refills this week
-            implanted_at = datetime.combine(fill_day, datetime.min.time(), tzinfo=UTC) - timedelta(
-                days=rng.randrange(0, 8 * 365), hours=rng.randrange(8, 17)
-            )
-            initial = implanted_at.date() == fill_day
-        alarm_on = refill_by + timedelta(days=rng.randint(3, 7))
-        ended = rng.random() < 0.02
-        eos = None
-        if model.mri_rule == "check_after" and rng.random() < 0.5:
-            # SynchroMed II: an interrogated end-of-service date, some within the planning window.
-            eos = implanted_at.date() + timedelta(days=rng.randrange(5 * 365, 7 * 365))
-        pump = Pump(
-            patient=patient,
-            model=model,
-            serial_number=f"BENCH{i:08d}",
-            implanted_at=implanted_at,
-            low_reservoir_alarm_ml=model.default_low_reservoir_alarm_ml,
-            status=PumpStatus.EXPLANTED if ended else PumpStatus.ACTIVE,
-            explanted_on=today - timedelta(days=rng.randrange(1, 60)) if ended else None,
-            explant_reason="bench" if ended else "",
-            phase=Phase.MAINTENANCE if maintenance else Phase.TITRATION,
-            estimated_end_of_service_on=eos,
-            refill_by=refill_by,
-            alarm_on=alarm_on,
-        )
-        pumps.append(pump)
-        fills.append((pump, fill_day, initial))
-        out.active += not ended
-        out.overdue += (not ended) and refill_by < today
-    for chunk in _batches(pumps):
-        Pump.objects.bulk_create(chunk)
-        progress(len(chunk))
+    made = generate(options, progress=progress)
     progress.close()
-    out.pumps = len(pumps)
-
-    refills = []
-    for pump, fill_day, initial in fills:
-        reservoir = pump.model.reservoir_ml
-        refills.append(
-            Refill(
-                pump=pump,
-                performed_at=max(
-                    datetime.combine(fill_day, datetime.min.time(), tzinfo=UTC) + timedelta(hours=10), pump.implanted_at
-                ),
-                withdrawn_ml=Decimal("0") if initial else Decimal(rng.randrange(0, 400)) / 100,
-                volume_added_ml=reservoir,
-                concentration_mcg_per_ml=Decimal(rng.choice([500, 1000, 2000])),
-                drug_product=rng.choice(list(DrugProduct.values)),
-                drug_lot=f"LOT{rng.randrange(10**6):06d}",
-                method=rng.choice(["palpation", "template", "ultrasound"]),
-                is_initial_fill=initial,
-                volume_after_fill_ml=reservoir,
-                low_reservoir_alarm_ml=pump.low_reservoir_alarm_ml,
-                alarm_on=pump.alarm_on,
-                refill_by=pump.refill_by,  # type: ignore[misc]
-            )
-        )
-    for chunk in _batches(refills):
-        Refill.objects.bulk_create(chunk)
-    out.refills = len(refills)
-
-    events = []
-    for pump in pumps:
-        r = rng.random()
-        if r < 0.005:
-            # A planned MRI: warnings to patient and carers, a model-specific staff task.
-            events.append(
-                ClinicalEvent(pump=pump, kind=EventKind.MRI_PLANNED, occurred_at=now + timedelta(days=rng.randrange(1, 30)))
-            )
-        elif r < 0.008:
-            done = now - timedelta(days=rng.randrange(2, 200))
-            events.append(
-                ClinicalEvent(pump=pump, kind=EventKind.MRI_DONE, occurred_at=done, field_strength_tesla=Decimal("1.5"))
-            )
-            if rng.random() < 0.5:
-                events.append(ClinicalEvent(pump=pump, kind=EventKind.POST_MRI_CHECK, occurred_at=done + timedelta(hours=3)))
-        elif r < 0.009:
-            events.append(
-                ClinicalEvent(
-                    pump=pump, kind=EventKind.REPLACEMENT_INDICATOR, occurred_at=now - timedelta(days=rng.randrange(1, 60))
-                )
-            )
-    for chunk in _batches(events):
-        ClinicalEvent.objects.bulk_create(chunk)
-    out.events = len(events)
-
-    blocks = []
-    for p in patients:
-        if p.phone and rng.random() < 0.01:
-            blocks.append(
-                ContactBlock(
-                    channel="sms",
-                    address=str(p.phone),
-                    reason=BlockReason.OPTED_OUT,
-                    method=BlockMethod.SMS_KEYWORD,
-                    keyword="STOP",
-                    created_at=now - timedelta(days=rng.randrange(1, 300)),
-                )
-            )
-        if p.email and rng.random() < 0.005:
-            blocks.append(
-                ContactBlock(
-                    channel="email",
-                    address=p.email,
-                    reason=BlockReason.BOUNCED,
-                    method=BlockMethod.PROVIDER,
-                    created_at=now - timedelta(days=rng.randrange(1, 300)),
-                )
-            )
-    ContactBlock.objects.bulk_create(blocks)
-    out.blocks = len(blocks)
-
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("ANALYZE")
-    out.seconds = time.perf_counter() - started
-    return out
+    return Seeded(
+        clinics=made.clinics,
+        patients=made.patients,
+        caregivers=made.caregivers,
+        pumps=made.pumps,
+        active=made.active,
+        refills=made.refills,
+        events=made.events,
+        blocks=made.blocks,
+        overdue=made.overdue,
+        seconds=made.seconds,
+    )
 
 
 # --------------------------------------------------------------------------- planning
@@ -869,8 +664,8 @@ def main() -> None:
         )
     notes = [
         f"Seeded in {seeded.seconds:.0f} s: {seeded.clinics} clinics, {seeded.patients} patients, {seeded.caregivers} caregivers, "
-        f"{seeded.pumps} pumps ({seeded.active} active, {seeded.overdue} overdue; refill-by spread -{args.past_days}..+"
-        f"{args.future_days} days), {seeded.refills} refills, {seeded.events} clinical events, {seeded.blocks} contact blocks.",
+        f"{seeded.pumps} pumps ({seeded.active} active, {seeded.overdue} overdue; bench/generate.py histories, "
+        f"--past-days {args.past_days} --future-days {args.future_days}), {seeded.refills} refills, {seeded.events} clinical events, {seeded.blocks} contact blocks.",
         f"Planning per pump: {per_pump}. Outbox after the first run: {messages_after_first} messages, "
         f"{escalations_after_first} escalations. Baseline query: {base_rows} rows for {base_pumps} due pumps.",
         f"Dispatch in process: dispatch_due {ours.dispatch_seconds:.2f} s, send loop {ours.send_seconds:.2f} s "
