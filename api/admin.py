@@ -19,13 +19,13 @@ from patients.access import is_member
 class ApiTokenForm(forms.ModelForm):  # type: ignore[type-arg]
     class Meta:
         model = ApiToken
-        fields = ["user", "name", "expires_at"]
+        fields = ["user", "name", "read_only", "expires_at"]
 
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     form = ApiTokenForm
-    list_display = ["name", "prefix", "user", "created_at", "expires_at", "last_used_at", "revoked_at"]
+    list_display = ["name", "prefix", "user", "read_only", "created_at", "expires_at", "last_used_at", "revoked_at"]
     list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "prefix", "user__username"]
     readonly_fields = ["prefix", "created_at", "created_by", "last_used_at", "revoked_at"]
@@ -37,13 +37,15 @@ class ApiTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         if obj is None:
-            return ["user", "name", "expires_at"] if request.user.is_superuser else ["name", "expires_at"]
-        return ["user", "name", "prefix", "expires_at", "created_at", "created_by", "last_used_at", "revoked_at"]
+            return (
+                ["user", "name", "read_only", "expires_at"] if request.user.is_superuser else ["name", "read_only", "expires_at"]
+            )
+        return ["user", "name", "prefix", "read_only", "expires_at", "created_at", "created_by", "last_used_at", "revoked_at"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         if obj is None:
             return []
-        return ["user", "name", "prefix", "expires_at", "created_at", "created_by", "last_used_at", "revoked_at"]
+        return ["user", "name", "prefix", "read_only", "expires_at", "created_at", "created_by", "last_used_at", "revoked_at"]
 
     def has_module_permission(self, request: HttpRequest) -> bool:
         return is_member(request.user)
@@ -64,7 +66,11 @@ class ApiTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def save_model(self, request: HttpRequest, obj: ApiToken, form: Any, change: bool) -> None:
         user = form.cleaned_data.get("user") if request.user.is_superuser else request.user
         token, key = services.issue_token(
-            user=user, name=form.cleaned_data["name"], by=request.user, expires_at=form.cleaned_data.get("expires_at")
+            user=user,
+            name=form.cleaned_data["name"],
+            by=request.user,
+            expires_at=form.cleaned_data.get("expires_at"),
+            read_only=form.cleaned_data.get("read_only", False),
         )
         obj.pk, obj.user, obj.prefix = token.pk, token.user, token.prefix
         self.message_user(

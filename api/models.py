@@ -34,6 +34,9 @@ class ApiToken(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
     expires_at = models.DateTimeField(null=True, blank=True, help_text="Blank: until revoked.")
+    read_only = models.BooleanField(
+        default=False, help_text="Reads only, whatever its user's role (an analytics or reporting integration)."
+    )
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
 

@@ -10,6 +10,10 @@ from rest_framework.request import Request
 from patients.access import is_member, may_write
 
 
+def read_only_token(request: Request) -> bool:
+    return bool(getattr(request.auth, "read_only", False))
+
+
 class IsClinicMember(permissions.BasePermission):
     """Staff with a role in at least one clinic (or superusers); reads for every member,
     writes only for roles that may write the view's model (patients.access.WRITE_ROLES)."""
@@ -21,12 +25,17 @@ class IsClinicMember(permissions.BasePermission):
             return False
         if request.method in permissions.SAFE_METHODS:
             return True
+        if read_only_token(request):
+            self.message = "This API token is read-only."
+            return False
         label = getattr(view, "write_label", "")
         return bool(label) and may_write(request.user, label)
 
     def has_object_permission(self, request: Request, view: Any, obj: Any) -> bool:
         if request.method in permissions.SAFE_METHODS:
             return True
+        if read_only_token(request):
+            return False
         return may_write(request.user, view.write_label, view.clinic_of(obj))
 
 
@@ -34,4 +43,7 @@ class IsMember(permissions.BasePermission):
     """Staff with a role in a clinic, for their own things (their API tokens)."""
 
     def has_permission(self, request: Request, view: Any) -> bool:
+        if request.method not in permissions.SAFE_METHODS and read_only_token(request):
+            self.message = "This API token is read-only."
+            return False
         return is_member(request.user)

@@ -423,7 +423,7 @@ class ApiTokenSerializer(ModelSerializer):
 
     class Meta:
         model = ApiToken
-        fields = ["id", "name", "user", "prefix", "key", "created_at", "expires_at", "last_used_at", "revoked_at"]
+        fields = ["id", "name", "user", "prefix", "key", "read_only", "created_at", "expires_at", "last_used_at", "revoked_at"]
         read_only_fields = ["prefix", "created_at", "last_used_at", "revoked_at"]
 
     def get_key(self, token: ApiToken) -> str | None:

@@ -8,11 +8,19 @@ from typing import Any
 from api.models import ApiToken, digest, generate_key
 
 
-def issue_token(*, user: Any, name: str, by: Any, expires_at: datetime | None = None) -> tuple[ApiToken, str]:
+def issue_token(
+    *, user: Any, name: str, by: Any, expires_at: datetime | None = None, read_only: bool = False
+) -> tuple[ApiToken, str]:
     """Create a token and return it with its key: the key is not stored and cannot be shown again."""
     key = generate_key()
     token = ApiToken.objects.create(
-        user=user, name=name, prefix=key[:10], key_digest=digest(key), created_by=by, expires_at=expires_at
+        user=user,
+        name=name,
+        prefix=key[:10],
+        key_digest=digest(key),
+        created_by=by,
+        expires_at=expires_at,
+        read_only=read_only,
     )
     return token, key
 

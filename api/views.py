@@ -533,7 +533,13 @@ class TokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Crea
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         v = serializer.validated_data
-        token, key = issue_token(user=request.user, name=v["name"], by=request.user, expires_at=v.get("expires_at"))
+        token, key = issue_token(
+            user=request.user,
+            name=v["name"],
+            by=request.user,
+            expires_at=v.get("expires_at"),
+            read_only=v.get("read_only", False),
+        )
         return Response(s.ApiTokenSerializer(token, context={"key": key}).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses={200: s.ApiTokenSerializer})

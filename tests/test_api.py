@@ -791,3 +791,36 @@ def test_staff_create_a_token_in_the_admin_and_see_its_key_once(clinic_a: Clinic
     with_key = APIClient()
     with_key.credentials(HTTP_AUTHORIZATION=f"Token {key}")
     assert with_key.get("/api/v1/pumps/").status_code == 401
+
+
+# ----------------------------------------------------------------------------- read-only tokens
+
+
+def test_a_read_only_token_reads_but_never_writes(pump_a: Pump) -> None:
+    clinic = pump_a.patient.clinic
+    client = api_client(staff((clinic, Role.CLINICIAN)), read_only=True)
+    assert client.get(f"/api/v1/pumps/{pump_a.pk}/").status_code == 200
+    assert client.get(f"/fhir/Device/{pump_a.pk}").status_code == 200
+    writes = [
+        client.post("/api/v1/refills/", refill_body(pump_a), format="json"),
+        client.patch(f"/api/v1/patients/{pump_a.patient_id}/", {"email": "x@example.org"}, format="json"),
+        client.post(f"/api/v1/pumps/{pump_a.pk}/phase/", {"phase": "maintenance"}, format="json"),
+        client.post("/api/v1/calendar-feeds/", {"clinic": clinic.pk, "label": "x"}, format="json"),
+        client.post("/api/v1/webhook-endpoints/", {"clinic": clinic.pk, "url": "https://ehr.example.org/in"}, format="json"),
+    ]
+    assert [w.status_code for w in writes] == [403] * len(writes)
+    assert writes[0].json() == {"detail": "This API token is read-only."}
+    pump_a.refresh_from_db()
+    assert pump_a.refills.count() == 1 and pump_a.phase == "titration"
+    assert Patient.objects.get(pk=pump_a.patient_id).email == ""
+
+
+def test_a_read_only_token_is_issued_with_a_password(clinic_a: Clinic) -> None:
+    user = staff((clinic_a, Role.NURSE))
+    user.set_password("correct horse")
+    user.save()
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Basic " + base64.b64encode(f"{user.username}:correct horse".encode()).decode())
+    created = client.post("/api/v1/tokens/", {"name": "reporting", "read_only": True}, format="json")
+    assert created.status_code == 201 and created.json()["read_only"] is True
+    assert ApiToken.objects.get(pk=created.json()["id"]).read_only
