@@ -6,6 +6,7 @@ file-system broker); `DATABASE_URL` and `CELERY_BROKER_URL` switch to PostgreSQL
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -53,6 +54,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "phonenumber_field",
+    "axes",
     "rest_framework",
     "django_filters",
     "drf_spectacular",
@@ -75,7 +77,19 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "patients.middleware.ClinicTimezoneMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a lockout into its 429 answer.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Repeated failed logins lock that user name from that address out (django-axes): the admin
+# form and the API's password endpoint both authenticate through these backends.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("PUMPTRACK_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("PUMPTRACK_LOGIN_LOCKOUT_MINUTES", 30, minimum=1))
+# By user name and address together: a stranger cannot lock a nurse out from elsewhere.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
 
 ROOT_URLCONF = "pumptrack.urls"
 WSGI_APPLICATION = "pumptrack.wsgi.application"

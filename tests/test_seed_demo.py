@@ -12,7 +12,7 @@ import time_machine
 from django.contrib.auth import authenticate, get_user_model
 from django.core.management import call_command
 from django.db.models import Model, Q, QuerySet
-from django.test import override_settings
+from django.test import RequestFactory, override_settings
 
 from notifications.models import (
     BlockMethod,
@@ -55,6 +55,9 @@ pytestmark = pytest.mark.django_db
 # The clock is frozen: an ordinary day, and (below) the spring DST change and an hour when
 # London is still on Sunday and Madrid already on Monday, the night clocks went back.
 NOW = datetime(2027, 1, 15, 12, 0, tzinfo=UTC)
+
+# authenticate() as the login form calls it (django-axes needs the request).
+LOGIN = RequestFactory().post("/admin/login/")
 
 
 def seed(*args: str, at: datetime = NOW) -> str:
@@ -348,18 +351,18 @@ def test_it_gives_every_role_a_login_in_each_clinic(seeded: str) -> None:
     for spec in CLINICS:
         for role in Role:
             membership = Membership.objects.get(clinic__name=spec.name, role=role)
-            user = authenticate(username=membership.user.username, password=DEFAULT_PASSWORD)
+            user = authenticate(LOGIN, username=membership.user.username, password=DEFAULT_PASSWORD)
             assert user is not None and user.is_staff, membership.user.username
 
 
 def test_it_creates_a_superuser_admin(seeded: str) -> None:
-    user = authenticate(username="admin", password=DEFAULT_PASSWORD)
+    user = authenticate(LOGIN, username="admin", password=DEFAULT_PASSWORD)
     assert user is not None and user.is_superuser
 
 
 def test_it_sets_the_password_given(seeded: str) -> None:
     seed("--password", "another-demo-pass")
-    assert authenticate(username="nurse2", password="another-demo-pass") is not None
+    assert authenticate(LOGIN, username="nurse2", password="another-demo-pass") is not None
 
 
 def test_it_prints_the_logins_and_where_to_sign_in_every_run(seeded: str) -> None:
