@@ -211,6 +211,7 @@ class _Frame:
         return round(self.left + (at - self.start).total_seconds() / span * (self.width - self.left - self.right), 1)
 
     def y(self, value: Decimal) -> float:
+        # SVG pixels: the volume (a Decimal) is only scaled for drawing, never computed with.
         plot = self.height - self.top - self.bottom
         return round(self.top + plot - float(value / self.y_max) * plot, 1) if self.y_max else float(self.top + plot)
 

@@ -223,6 +223,7 @@ class _Card(FPDF):
 
     @property
     def inner_width(self) -> float:
+        # Page millimetres for the PDF layout (fpdf2 works in floats), not a clinical quantity.
         return float(self.w - 2 * MARGIN_MM)
 
     def block(self, text: str, size: float, *, bold: bool = False, colour: tuple[int, int, int] = (0, 0, 0)) -> None:
