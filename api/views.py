@@ -315,8 +315,7 @@ class RefillViewSet(AcknowledgedRecordViewSet):
         return {
             "is_initial_fill": preview.is_initial_fill,
             "expected_residual_ml": preview.expected_residual_ml,
-            "discrepancy_ml": preview.discrepancy.discrepancy_ml if preview.discrepancy else None,
-            "discrepancy_flagged": preview.discrepancy.flagged if preview.discrepancy else False,
+            **pump_services.discrepancy_fields(preview.discrepancy),
             "volume_after_fill_ml": preview.volume_after_fill_ml,
             "warnings": _warnings(preview),
             "alarm_on": preview.alarm_on,

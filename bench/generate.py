@@ -647,6 +647,7 @@ class _Context:
         """Insert one batch in dependency order; Postgres returns the new keys."""
         from notifications.models import ContactBlock
         from patients.models import Caregiver, Patient
+        from pumps import services
         from pumps.models import ClinicalEvent, DrugProduct, Program, Pump, Refill, ScreeningTrial
 
         Patient.objects.bulk_create([plan.patient for plan in batch])
@@ -689,9 +690,7 @@ class _Context:
                             performed_by=nurse,
                             is_initial_fill=r.initial,
                             expected_residual_ml=r.expected_ml,
-                            discrepancy_ml=d.discrepancy_ml if d else None,
-                            discrepancy_band_ml=d.band_ml if d else None,
-                            discrepancy_flagged=d.flagged if d else False,
+                            **services.discrepancy_fields(d),
                             volume_after_fill_ml=r.added_ml,
                             low_reservoir_alarm_ml=pump.low_reservoir_alarm_ml,
                             alarm_on=r.alarm_on,

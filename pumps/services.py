@@ -609,6 +609,15 @@ def preview_refill(pump: Pump, inp: RefillInput, now: datetime) -> RefillPreview
     )
 
 
+def discrepancy_fields(d: domain.Discrepancy | None) -> dict[str, Any]:
+    """A refill's stored discrepancy fields (none for the initial fill)."""
+    return {
+        "discrepancy_ml": d.discrepancy_ml if d else None,
+        "discrepancy_band_ml": d.band_ml if d else None,
+        "discrepancy_flagged": d.flagged if d else False,
+    }
+
+
 def record_refill(
     pump: Pump, inp: RefillInput, *, by: Any, now: datetime, acknowledged: Iterable[str] = (), reason: str = ""
 ) -> Refill:
@@ -635,7 +644,6 @@ def record_refill(
                 reason=f"Concentration changed at refill. {reason}".strip(),
                 author=by,
             )
-        d = preview.discrepancy
         refill = Refill.objects.create(
             pump=pump,
             performed_at=inp.performed_at,
@@ -650,9 +658,7 @@ def record_refill(
             performed_by=by,
             is_initial_fill=preview.is_initial_fill,
             expected_residual_ml=preview.expected_residual_ml,
-            discrepancy_ml=d.discrepancy_ml if d else None,
-            discrepancy_band_ml=d.band_ml if d else None,
-            discrepancy_flagged=d.flagged if d else False,
+            **discrepancy_fields(preview.discrepancy),
             volume_after_fill_ml=preview.volume_after_fill_ml,
             low_reservoir_alarm_ml=preview.low_reservoir_alarm_ml,
             alarm_on=preview.alarm_on,
