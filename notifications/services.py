@@ -691,6 +691,11 @@ def dispatch_due(now: datetime, *, limit: int | None = None) -> list[int]:
     return ids
 
 
+def channels_of(message_ids: Sequence[int]) -> dict[int, str]:
+    """Each message's channel, so the dispatch sweep can queue its send on that channel's queue."""
+    return dict(Message.objects.filter(pk__in=message_ids).values_list("pk", "channel"))
+
+
 def _claimable(now: datetime) -> Q:
     return (
         Q(status=Status.DUE)

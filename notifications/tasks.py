@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import socket
 
-from celery import shared_task
+from celery import Task, shared_task
+from django.conf import settings
 from django.utils import timezone
 
 from notifications import services
+from pumptrack import queues
 
 WORKER = socket.gethostname()
 
@@ -33,15 +35,19 @@ def plan_sweep() -> dict[str, int]:
 def dispatch_sweep() -> int:
     """Every minute: queue one send task per message that is due."""
     ids = services.dispatch_due(timezone.now())
+    # With PUMPTRACK_CELERY_QUEUES each send goes to its channel's queue (pumptrack/queues.py).
+    channels = services.channels_of(ids) if settings.PUMPTRACK_CELERY_QUEUES else {}
     for pk in ids:
-        send_message.delay_on_commit(pk)  # after any surrounding transaction, never inside it
+        # After any surrounding transaction, never inside it.
+        send_message.apply_async_on_commit((pk,), **queues.send_options(channels.get(pk, "")))
     services.beat("dispatch", timezone.now(), f"queued {len(ids)}")
     return len(ids)
 
 
-@shared_task(acks_late=True, ignore_result=True)  # nothing reads it: one Redis write less per message
-def send_message(message_id: int) -> str:
-    return services.send_message(message_id, timezone.now(), worker=WORKER).outcome
+@shared_task(bind=True, acks_late=True, ignore_result=True)  # nothing reads it: one Redis write less per message
+def send_message(self: Task, message_id: int) -> str:
+    # The worker's node name (`celery worker -n email@%h`): each attempt says which worker sent it.
+    return services.send_message(message_id, timezone.now(), worker=self.request.hostname or WORKER).outcome
 
 
 @shared_task(acks_late=True)

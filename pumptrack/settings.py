@@ -6,6 +6,7 @@ file-system broker); `DATABASE_URL` and `CELERY_BROKER_URL` switch to PostgreSQL
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -14,6 +15,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from pumptrack.env import env_bool, env_decimal, env_decimal_list, env_int, env_list, env_str
+from pumptrack.queues import task_routes
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("PUMPTRACK_VAR_DIR", str(BASE_DIR / "var")))
@@ -181,6 +183,19 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 # reusing it halves the time a send task takes (bench/RESULTS.md). 0 restores closing.
 CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 100, minimum=0) or None
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# Opt-in: planning, email, SMS and webhooks each on a queue of its own (pumptrack/queues.py,
+# docs/deployment.md), so each kind of worker can be sized and placed apart. Every process
+# (web, workers, beat) needs the same values: each of them queues tasks.
+PUMPTRACK_CELERY_QUEUES = env_bool("PUMPTRACK_CELERY_QUEUES", False)
+# Put before the four queue names, e.g. "staging-": keeps two deployments (or a test run)
+# on one Redis database from taking each other's tasks.
+PUMPTRACK_CELERY_QUEUE_PREFIX = env_str("PUMPTRACK_CELERY_QUEUE_PREFIX")
+if not re.fullmatch(r"[A-Za-z0-9_.:-]*", PUMPTRACK_CELERY_QUEUE_PREFIX):
+    # A comma or a space would split the name in a worker's `-Q` list.
+    raise ImproperlyConfigured(
+        f"PUMPTRACK_CELERY_QUEUE_PREFIX={PUMPTRACK_CELERY_QUEUE_PREFIX!r}: use letters, digits and _ . : -"
+    )
+CELERY_TASK_ROUTES = task_routes(PUMPTRACK_CELERY_QUEUE_PREFIX) if PUMPTRACK_CELERY_QUEUES else None
 
 # ---------------------------------------------------------------------------- messages
 # SMS backend: the console (default) or notifications.transports.TwilioSmsBackend.

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -143,11 +143,12 @@ def smtp_sink(settings: Any) -> Iterator[SmtpSink]:
 # ---------------------------------------------------------------------------- Celery worker
 @dataclass
 class WorkerProcess:
-    """A `celery -A pumptrack worker` subprocess consuming only `queue`."""
+    """A `celery -A pumptrack worker` subprocess consuming `queue` (and any `also` queues)."""
 
     queue: str
     log: Path
     process: subprocess.Popen[bytes]
+    node: str = ""  # its node name before the "@host" (`-n`): what its message attempts record
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -188,17 +189,26 @@ def worker_requirements() -> dict[str, Any]:
 
 
 def spawn_worker(
-    log: Path, *, queue: str | None = None, env: dict[str, str] | None = None, concurrency: int = 2
+    log: Path,
+    *,
+    queue: str | None = None,
+    env: dict[str, str] | None = None,
+    concurrency: int = 2,
+    also: Sequence[str] = (),
+    name: str | None = None,
 ) -> WorkerProcess:
     """Start `celery -A pumptrack worker` on its own queue against the test database; wait until ready.
 
-    `env` overrides settings for that process (e.g. EMAIL_PORT of an SMTP sink). The caller
-    stops it with `stop_worker` (warm) or `kill_worker` (SIGKILL, as a crash would).
+    `env` overrides settings for that process (e.g. EMAIL_PORT of an SMTP sink). `also`: more
+    queues it consumes besides `queue` (its default queue); `name` starts its node name
+    (default: the queue's). The caller stops it with `stop_worker` (warm) or `kill_worker`
+    (SIGKILL, as a crash would).
     """
     db = worker_requirements()
     # Own queue and hostname: a dev worker or a stale one on the same Redis would otherwise
     # take the tests' tasks (toolchain.md §6 #9).
     queue = queue or f"pytest-{uuid.uuid4().hex[:8]}"
+    node = f"{name or queue}-{uuid.uuid4().hex[:4]}"
     full_env = dict(
         os.environ,
         DATABASE_URL=_database_url(db),
@@ -214,9 +224,9 @@ def spawn_worker(
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "celery", "-A", "pumptrack", "worker",
-            "-Q", queue, "--pool=prefork", f"--concurrency={concurrency}",
+            "-Q", ",".join([queue, *also]), "--pool=prefork", f"--concurrency={concurrency}",
             "--without-mingle", "--without-gossip", "--without-heartbeat",
-            "--loglevel=INFO", f"--hostname={queue}-{uuid.uuid4().hex[:4]}@%h",
+            "--loglevel=INFO", f"--hostname={node}@%h",
         ],
         cwd=ROOT,
         env=full_env,
@@ -226,7 +236,7 @@ def spawn_worker(
         start_new_session=True,  # its own process group, so teardown reaches every child
     )  # fmt: skip
     out.close()
-    worker = WorkerProcess(queue=queue, log=log, process=proc)
+    worker = WorkerProcess(queue=queue, log=log, process=proc, node=node)
     already = worker.log_text().count(" ready.")
     deadline = time.monotonic() + 60
     while worker.log_text().count(" ready.") <= already:

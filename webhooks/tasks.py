@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 
-from celery import shared_task
+from celery import Task, shared_task
 from django.utils import timezone
 
 from webhooks import services
@@ -17,9 +17,10 @@ from webhooks import services
 WORKER = socket.gethostname()
 
 
-@shared_task(acks_late=True, ignore_result=True)
-def deliver_webhook(delivery_id: int) -> str:
-    return services.deliver(delivery_id, timezone.now(), worker=WORKER).outcome
+@shared_task(bind=True, acks_late=True, ignore_result=True)
+def deliver_webhook(self: Task, delivery_id: int) -> str:
+    # The worker's node name (`celery worker -n webhooks@%h`): each attempt says which worker sent it.
+    return services.deliver(delivery_id, timezone.now(), worker=self.request.hostname or WORKER).outcome
 
 
 @shared_task(acks_late=True)
