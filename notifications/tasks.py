@@ -52,8 +52,8 @@ def plan_sweep(failed_at: str = "", error: str = "") -> dict[str, int]:
             # The other pumps were planned; the heartbeat says some were not (banner, /healthz).
             services.beat("plan", timezone.now(), str(exc), ok=False)
             raise
-        done = f"created {result.created}, cancelled {result.cancelled}"
-        services.beat("plan", timezone.now(), *after_outage(done, failed_at, error))
+        detail, ok = after_outage(f"created {result.created}, cancelled {result.cancelled}", failed_at, error)
+        services.beat("plan", timezone.now(), detail, ok=ok)
     except DATABASE_DOWN as exc:
         raise retry_after_outage(plan_sweep, exc, failed_at, error) from exc
     return result.__dict__
@@ -66,7 +66,8 @@ def dispatch_sweep(failed_at: str = "", error: str = "") -> int:
         ids = services.dispatch_due(timezone.now())
         for pk in ids:
             send_message.delay_on_commit(pk)  # after any surrounding transaction, never inside it
-        services.beat("dispatch", timezone.now(), *after_outage(f"queued {len(ids)}", failed_at, error))
+        detail, ok = after_outage(f"queued {len(ids)}", failed_at, error)
+        services.beat("dispatch", timezone.now(), detail, ok=ok)
     except DATABASE_DOWN as exc:
         raise retry_after_outage(dispatch_sweep, exc, failed_at, error) from exc
     return len(ids)
