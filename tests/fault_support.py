@@ -33,7 +33,16 @@ from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
 
-PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def _pg_bin() -> Path:
+    """The newest installed PostgreSQL's binaries (Debian keeps them off PATH), or $PG_BIN."""
+    if os.environ.get("PG_BIN"):
+        return Path(os.environ["PG_BIN"])
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parent.parent.name))
+    return versions[-1].parent if versions else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = _pg_bin()
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -59,7 +68,7 @@ def deadline_wait(condition: Callable[[], Any], *, timeout: float, what: str, de
 
 
 class PrivatePostgres:
-    """A throwaway PostgreSQL 15 cluster on 127.0.0.1:<free port>, trust auth, no fsync.
+    """A throwaway PostgreSQL cluster on 127.0.0.1:<free port>, trust auth, no fsync.
 
     As root the server runs as the `postgres` OS user (PostgreSQL refuses to run as root);
     as anyone else, as that user. `stop()` is `pg_ctl stop -m fast`: every connection is
