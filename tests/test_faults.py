@@ -46,6 +46,7 @@ from fault_support import (
 from reliability_support import RedisServer, Tasks, log_tails, message_id, row_of, wait_until
 
 from notifications.models import Attempt, AttemptOutcome, Message, Status
+from notifications.tasks import OUTAGE_RETRY_SECONDS
 
 pytestmark = [pytest.mark.integration]
 # Tests whose workers use the pytest test database: rows must be committed to be seen.
@@ -401,7 +402,7 @@ def test_postgresql_stopped_during_dispatch_loses_no_message_sends_none_twice_an
         tasks.send("dispatch_sweep", sweeps)  # sweeps that run into the outage
         tasks.send("plan_sweep", sweeps)
         wait_until(
-            lambda: sweeper.log_text().count("Retry in 3s") >= 2,
+            lambda: sweeper.log_text().count(f"Retry in {OUTAGE_RETRY_SECONDS}s") >= 2,
             timeout=15,
             what="both sweeps to fail on the database and retry",
             workers=workers.all,
