@@ -181,7 +181,11 @@ class WebServer:
             start_new_session=True,
         )
         out.close()
-        deadline_wait(self._up, timeout=30, what="gunicorn to listen", detail=lambda: log.read_text(errors="replace"))
+        try:
+            deadline_wait(self._up, timeout=30, what="gunicorn to listen", detail=lambda: log.read_text(errors="replace"))
+        except BaseException:
+            self.stop()
+            raise
 
     def _up(self) -> bool:
         if self.process.poll() is not None:
