@@ -11,14 +11,15 @@ from __future__ import annotations
 import logging
 import zoneinfo
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
+from time import monotonic, sleep
 from typing import Any
 
 from django.conf import settings
 from django.core import signing
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import DateTimeField, Exists, ExpressionWrapper, F, OuterRef, Q, QuerySet, Subquery
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -813,6 +814,7 @@ def _claim_and_prepare(pk: int, now: datetime, worker: str) -> SendResult | tupl
 
 def send_message(pk: int, now: datetime, *, worker: str = "") -> SendResult:
     """Claim one message, send it once, record the attempt and its outcome."""
+    claimed_at = monotonic()  # bounds the wait for a database outage, not a rule's clock
     try:
         prepared = _claim_and_prepare(pk, now, worker)
     except Exception as exc:
@@ -833,18 +835,41 @@ def send_message(pk: int, now: datetime, *, worker: str = "") -> SendResult:
         # rather than leave the row in SENDING to be reclaimed forever; re-raised to be seen.
         _failed(message, attempt, TransportError(f"unexpected error: {exc!r}"), now)
         raise
-    with transaction.atomic():
-        Message.objects.filter(pk=pk, status=Status.SENDING, claimed_at=now).update(
-            status=Status.SENT,
-            status_reason="",
-            sent_at=now,
-            provider_id=provider_id,
-            rendered_subject=out.subject[:255],
-            rendered_body=out.text,
-            updated_at=now,
-        )
-        Attempt.objects.filter(pk=attempt.pk).update(finished_at=now, outcome=AttemptOutcome.SENT, provider_id=provider_id)
+
+    def record_sent() -> None:
+        with transaction.atomic():
+            Message.objects.filter(pk=pk, status=Status.SENDING, claimed_at=now).update(
+                status=Status.SENT,
+                status_reason="",
+                sent_at=now,
+                provider_id=provider_id,
+                rendered_subject=out.subject[:255],
+                rendered_body=out.text,
+                updated_at=now,
+            )
+            Attempt.objects.filter(pk=attempt.pk).update(finished_at=now, outcome=AttemptOutcome.SENT, provider_id=provider_id)
+
+    # The provider has the message: if this is not written down, the claim expires and the
+    # patient gets it twice. A database restart or failover is waited out while the claim holds.
+    _write_through_outage(record_sent, until=claimed_at + settings.PUMPTRACK_MESSAGE_CLAIM_SECONDS - 1)
     return SendResult("sent", provider_id)
+
+
+def _write_through_outage(write: Callable[[], None], *, until: float) -> None:
+    """Run `write` (an idempotent transaction), retrying while the database is unreachable
+    and the monotonic clock is before `until`; then give up and raise."""
+    delay = 0.1
+    while True:
+        try:
+            write()
+            return
+        except (OperationalError, InterfaceError):
+            if connection.in_atomic_block or monotonic() + delay > until:
+                raise
+            logger.warning("database unavailable while recording a sent message; retrying in %.1f s", delay)
+            connection.close()  # the broken connection; the next query opens a new one
+            sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 def _failed_before_send(pk: int, now: datetime, worker: str, exc: Exception) -> None:

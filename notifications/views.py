@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from xml.sax.saxutils import escape
 
 from django.conf import settings
 from django.core import signing
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden, JsonResponse
 from django.shortcuts import render
 from django.utils import timezone
@@ -14,6 +16,8 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from notifications import services
 from notifications.models import BlockMethod, BlockReason
+
+logger = logging.getLogger(__name__)
 
 
 @csrf_exempt  # RFC 8058 one-click: mail providers POST without a CSRF token
@@ -73,6 +77,11 @@ def twilio_inbound(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
-    """503 when a sweep has not finished within twice its interval (DESIGN.md heartbeat)."""
-    problems = services.stale_sweeps(timezone.now())
+    """503 when a sweep has not finished within twice its interval (DESIGN.md heartbeat),
+    or when the database cannot be read: then no sweep can run or send anything."""
+    try:
+        problems = services.stale_sweeps(timezone.now())
+    except DatabaseError as exc:
+        logger.error("healthz: database unavailable: %s", type(exc).__name__)
+        problems = [f"database unavailable ({type(exc).__name__}): reminders are neither planned nor sent"]
     return JsonResponse({"ok": not problems, "problems": problems}, status=503 if problems else 200)

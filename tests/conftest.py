@@ -218,8 +218,8 @@ def spawn_worker(
         CELERY_TASK_DEFAULT_QUEUE=queue,
         # The tests' webhook receivers listen on loopback.
         PUMPTRACK_WEBHOOK_ALLOW_PRIVATE="true",
-        **(env or {}),
     )
+    full_env.update(env or {})  # may name another database (tests/test_faults.py)
     out = log.open("ab")
     proc = subprocess.Popen(
         [
