@@ -592,8 +592,9 @@ def _escalation_email(esc: Escalation, clinic: Clinic, pump: Pump | None, patien
             "severity": esc.severity,
             "reason": str(EscalationReason(esc.reason).label),
             "detail": esc.detail,
-            "patient_label": str(patient) if patient else "",
-            "pump_label": str(pump) if pump else "",
+            # Ids, not names: the email leaves pumptrack (README "What messages contain").
+            "patient_id": patient.pk if patient else None,
+            "pump_id": pump.pk if pump else None,
             "admin_url": settings.SITE_URL.rstrip("/") + reverse("admin:notifications_escalation_change", args=[esc.pk]),
         },
         due_at=esc.raised_at,
@@ -897,7 +898,8 @@ def _delivery_failed(message: Message, error: str, now: datetime, *, disable_con
         reason=EscalationReason.DELIVERY_FAILED,
         severity=Severity.CRITICAL if message.critical else Severity.WARNING,
         cycle=f"message:{message.pk}",
-        detail=f"{message.get_kind_display()} by {message.get_channel_display()} to {message.address} "
+        # No address: the detail is emailed to the clinic and the message's page names it.
+        detail=f"{message.get_kind_display()} by {message.get_channel_display()} (message {message.pk}) "
         f"could not be delivered: {error}. Contact the patient another way and correct the contact details.",
         now=now,
     )
@@ -925,7 +927,8 @@ def render(message: Message) -> Outgoing:
         ctx = message.context
         text = content.compose_escalation(ctx.get("severity", ""), ctx.get("reason", ""), ctx.get("detail", ""), ctx)
         return Outgoing(message.pk, message.address, text.subject, "\n\n".join(text.paragraphs))
-    text = content.compose(message.kind, message.language, message.context, message.time_zone)
+    caregiver = message.recipient_kind == RecipientKind.CAREGIVER
+    text = content.compose(message.kind, message.language, message.context, message.time_zone, caregiver=caregiver)
     if message.channel == Channel.SMS:
         return Outgoing(
             message.pk,
@@ -1000,7 +1003,7 @@ def block_contact(
                 reason=EscalationReason.OPTED_OUT if reason == BlockReason.OPTED_OUT else EscalationReason.DELIVERY_FAILED,
                 severity=Severity.WARNING,
                 cycle=f"block:{block.pk}",
-                detail=f"{label} on {channel} ({address}) via {BlockMethod(method).label.lower()}"
+                detail=f"{label} on {channel} (contact block {block.pk}) via {BlockMethod(method).label.lower()}"
                 + (f" '{keyword}'" if keyword else "")
                 + ". Reminders and warnings on this channel stop: make sure the patient is reached another way.",
                 now=now,

@@ -275,6 +275,9 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO").upper()},
+    # No health data in logs (README "What logs contain"), even at LOG_LEVEL=DEBUG: Django's
+    # SQL log (DEBUG=true) prints every query's parameters, names and doses among them.
+    "loggers": {"django.db.backends": {"level": "INFO"}},
 }
 
 # ---------------------------------------------------------------------------- clinical
