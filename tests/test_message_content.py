@@ -9,6 +9,7 @@ SMS. The policy is README "What messages contain".
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 import time_machine
+from django.core import signing
 from factories import IMPLANTED_AT, CaregiverFactory, ClinicFactory, implanted_pump, screened_patient
 
 from notifications import services
@@ -212,6 +214,16 @@ def test_the_safety_content_is_kept(every_message: list[Rendered]) -> None:
         if wanted:
             checked.add((r.row.kind, r.row.channel))
     assert checked == set(SAFETY)
+
+
+def test_the_unsubscribe_link_names_the_message_not_the_address(every_message: list[Rendered]) -> None:
+    """A link's path ends up in web server and proxy logs, and a signed token is readable."""
+    emails = [r for r in every_message if r.row.channel == Channel.EMAIL and r.row.kind != Kind.ESCALATION]
+    assert emails
+    for r in emails:
+        token = r.out.headers["List-Unsubscribe"].strip("<>").rstrip("/").rsplit("/", 1)[1]
+        assert r.row.address not in json.dumps(signing.loads(token, salt=services.UNSUBSCRIBE_SALT))
+        assert services.read_unsubscribe_token(token) == (Channel.EMAIL, r.row.address)
 
 
 def test_a_caregiver_is_told_whose_pump_by_first_name_and_greeted_as_themselves(every_message: list[Rendered]) -> None:
