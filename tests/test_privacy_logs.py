@@ -14,6 +14,7 @@ dose or message body (README "What logs contain").
 from __future__ import annotations
 
 import http.server
+import io
 import logging
 import threading
 import time as clock
@@ -285,3 +286,34 @@ def test_a_day_of_writes_sends_and_failures_logs_no_health_data(
     }
     assert found == {"this process": [], "the worker": []}, f"health data in the logs: {found}"
     assert Patient.objects.get(pk=patient["id"]).family_name == FAMILY  # the markers were really used
+
+
+@pytest.mark.django_db
+def test_a_database_error_in_a_log_keeps_its_message_but_not_the_rows_values() -> None:
+    """A 500's traceback as Django logs it: PostgreSQL's error quotes the failing row (a bug or
+    a race puts it there; the services validate first), the configured handler removes it."""
+    from django.db import IntegrityError, transaction
+    from factories import PatientFactory
+
+    patient = PatientFactory(given_name=GIVEN, family_name=FAMILY, mrn=MRN, birth_date=BIRTH, phone=PATIENT_PHONE)
+    # settings.LOGGING's console handler (pytest's own handlers are subclasses).
+    (console,) = [h for h in logging.getLogger().handlers if type(h) is logging.StreamHandler]
+    stream = io.StringIO()
+    previous = console.setStream(stream)  # type: ignore[attr-defined]
+    try:
+        try:
+            with transaction.atomic():
+                Patient.objects.filter(pk=patient.pk).update(given_name=None)
+        except IntegrityError:
+            logging.getLogger("django.request").error("Internal Server Error: /api/v1/patients/", exc_info=True)
+        try:
+            with transaction.atomic():
+                PatientFactory(clinic=patient.clinic, mrn=MRN)
+        except IntegrityError:
+            logging.getLogger("celery.app.trace").error("Task raised unexpected: %r", "see below", exc_info=True)
+    finally:
+        console.setStream(previous)  # type: ignore[attr-defined]
+    text = stream.getvalue()
+    assert "IntegrityError" in text and "not-null constraint" in text and "duplicate key" in text
+    assert "DETAIL: [values removed]" in text and "Key (" not in text and "Failing row" not in text
+    assert not leaks(text, MARKERS), text
