@@ -287,8 +287,12 @@ def _es(kind: str, c: dict[str, Any]) -> Text:
     raise ValueError(f"no text for {kind!r}")
 
 
-def compose(kind: str, language: str, context: dict[str, Any], tz_name: str) -> Text:
-    """The text of one patient or caregiver message, dates in the recipient's zone."""
+def compose(kind: str, language: str, context: dict[str, Any], tz_name: str, *, caregiver: bool = False) -> Text:
+    """The text of one patient or caregiver message, dates in the recipient's zone.
+
+    A caregiver's copy says whose pump it is about, by first name only: without it a
+    caregiver cannot act, and a surname adds nothing they need (README "What messages contain").
+    """
     c = dict(context)
     c.setdefault("clinic_name", "Your clinic")
     c.setdefault("clinic_phone", "")
@@ -302,17 +306,39 @@ def compose(kind: str, language: str, context: dict[str, Any], tz_name: str) -> 
         # The booked visit's date and time on the recipient's clock (SMS: no place needed).
         c["appointment_text"] = format_moment(c["appointment_at"], language, tz_name)
     text = _es(kind, c) if language == "es" else _en(kind, c)
+    if caregiver:
+        text = _for_caregiver(text, language, c["clinic_name"], c["first_name"])
     # Every paragraph after the greeting starts a sentence.
     return Text(text.subject, [p[:1].upper() + p[1:] for p in text.paragraphs], text.sms)
 
 
+def _for_caregiver(text: Text, language: str, clinic: str, first_name: str) -> Text:
+    """The patient's text, addressed to their caregiver: greeted as themselves, told whose pump."""
+    if language == "es":
+        greeting, about = "Hola:", f"recibe este mensaje como cuidador/a de {first_name}: trata de su bomba."
+        prefix = f"{clinic} (para {first_name}): "
+    else:
+        greeting, about = "Hello,", f"you receive this message as a caregiver of {first_name}: it is about their pump."
+        prefix = f"{clinic} (for {first_name}): "
+    if not first_name:
+        return Text(text.subject, [greeting, *text.paragraphs[1:]], text.sms)
+    sms = prefix + text.sms.removeprefix(f"{clinic}: ")
+    return Text(text.subject, [greeting, about, *text.paragraphs[1:]], sms)
+
+
 def compose_escalation(severity: str, reason_label: str, detail: str, context: dict[str, Any]) -> Text:
-    """The email to the clinic's notification address (staff read English)."""
-    who = context.get("patient_label", "")
-    subject = f"[{severity.upper()}] {reason_label}" + (f": {who}" if who else "")
-    paragraphs = [detail]
-    if who:
-        paragraphs.append(f"Patient: {who}. Pump: {context.get('pump_label', '')}.")
+    """The email to the clinic's notification address (staff read English).
+
+    It names the task and links to it, never the patient: a subject line shows in inbox
+    lists and phone notifications, and a shared clinic mailbox is read by more people than
+    the patient's record. The detail is planning's (dates and what to do, no names or
+    contact details); who it is, is one sign-in away.
+    """
+    subject = f"[{severity.upper()}] {reason_label}"
+    paragraphs = [detail] if detail else []
+    ids = [f"{name} {context[key]}" for name, key in (("patient", "patient_id"), ("pump", "pump_id")) if context.get(key)]
+    if ids:
+        paragraphs.append(f"Record: {', '.join(ids)}.")
     if context.get("admin_url"):
-        paragraphs.append(f"Open in pumptrack: {context['admin_url']}")
+        paragraphs.append(f"Open in pumptrack (sign-in required): {context['admin_url']}")
     return Text(subject, paragraphs, subject)

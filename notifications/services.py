@@ -593,8 +593,9 @@ def _escalation_email(esc: Escalation, clinic: Clinic, pump: Pump | None, patien
             "severity": esc.severity,
             "reason": str(EscalationReason(esc.reason).label),
             "detail": esc.detail,
-            "patient_label": str(patient) if patient else "",
-            "pump_label": str(pump) if pump else "",
+            # Ids, not names: the email leaves pumptrack (README "What messages contain").
+            "patient_id": patient.pk if patient else None,
+            "pump_id": pump.pk if pump else None,
             "admin_url": settings.SITE_URL.rstrip("/") + reverse("admin:notifications_escalation_change", args=[esc.pk]),
         },
         due_at=esc.raised_at,
@@ -927,7 +928,8 @@ def _delivery_failed(message: Message, error: str, now: datetime, *, disable_con
         reason=EscalationReason.DELIVERY_FAILED,
         severity=Severity.CRITICAL if message.critical else Severity.WARNING,
         cycle=f"message:{message.pk}",
-        detail=f"{message.get_kind_display()} by {message.get_channel_display()} to {message.address} "
+        # No address: the detail is emailed to the clinic and the message's page names it.
+        detail=f"{message.get_kind_display()} by {message.get_channel_display()} (message {message.pk}) "
         f"could not be delivered: {error}. Contact the patient another way and correct the contact details.",
         now=now,
     )
@@ -940,9 +942,23 @@ def unsubscribe_token(channel: str, address: str) -> str:
     return signing.dumps({"c": channel, "a": address}, salt=UNSUBSCRIBE_SALT, compress=True)
 
 
+def message_unsubscribe_token(message_id: int) -> str:
+    """A token naming the message, not the address: a link's path lands in web server and
+    proxy logs, and a signed token is only encoded, not encrypted (README "What logs contain")."""
+    return signing.dumps({"m": message_id}, salt=UNSUBSCRIBE_SALT)
+
+
 def read_unsubscribe_token(token: str) -> tuple[str, str]:
-    """(channel, address); raises signing.BadSignature if forged."""
+    """(channel, address); raises signing.BadSignature if forged or its message is gone.
+
+    Tokens with the address inside (`unsubscribe_token`) are still in inboxes: still honoured.
+    """
     data = signing.loads(token, salt=UNSUBSCRIBE_SALT)
+    if "m" in data:
+        found = Message.objects.filter(pk=data["m"]).values_list("channel", "address").first()
+        if found is None:
+            raise signing.BadSignature("no such message")
+        return str(found[0]), str(found[1])
     return str(data["c"]), str(data["a"])
 
 
@@ -955,7 +971,8 @@ def render(message: Message) -> Outgoing:
         ctx = message.context
         text = content.compose_escalation(ctx.get("severity", ""), ctx.get("reason", ""), ctx.get("detail", ""), ctx)
         return Outgoing(message.pk, message.address, text.subject, "\n\n".join(text.paragraphs))
-    text = content.compose(message.kind, message.language, message.context, message.time_zone)
+    caregiver = message.recipient_kind == RecipientKind.CAREGIVER
+    text = content.compose(message.kind, message.language, message.context, message.time_zone, caregiver=caregiver)
     if message.channel == Channel.SMS:
         return Outgoing(
             message.pk,
@@ -964,7 +981,7 @@ def render(message: Message) -> Outgoing:
             text.sms,
             status_callback=settings.SITE_URL.rstrip("/") + reverse("notifications:twilio-status"),
         )
-    link = unsubscribe_url(Channel.EMAIL, message.address)
+    link = settings.SITE_URL.rstrip("/") + reverse("notifications:unsubscribe", args=[message_unsubscribe_token(message.pk)])
     ctx = {
         "text": text,
         "unsubscribe_url": link,
@@ -1030,7 +1047,7 @@ def block_contact(
                 reason=EscalationReason.OPTED_OUT if reason == BlockReason.OPTED_OUT else EscalationReason.DELIVERY_FAILED,
                 severity=Severity.WARNING,
                 cycle=f"block:{block.pk}",
-                detail=f"{label} on {channel} ({address}) via {BlockMethod(method).label.lower()}"
+                detail=f"{label} on {channel} (contact block {block.pk}) via {BlockMethod(method).label.lower()}"
                 + (f" '{keyword}'" if keyword else "")
                 + ". Reminders and warnings on this channel stop: make sure the patient is reached another way.",
                 now=now,

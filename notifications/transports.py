@@ -8,6 +8,7 @@ official library in production (STYLE.md §6, after healthchecks' transports).
 from __future__ import annotations
 
 import logging
+import re
 import smtplib
 import sys
 from dataclasses import dataclass, field
@@ -23,6 +24,21 @@ class TransportError(Exception):
     def __init__(self, message: str, *, permanent: bool = False) -> None:
         super().__init__(message)
         self.permanent = permanent
+
+
+def without_address(text: str, address: str) -> str:
+    """A provider's error text with the recipient's address taken out.
+
+    SMTP servers echo the refused mailbox ("<ann@example.org>: Recipient address rejected")
+    and Twilio the refused number; the error travels to attempts, escalations and logs,
+    which must carry record ids, never contact details (README "What logs contain").
+    """
+    if not address:
+        return text
+    bare = address.lstrip("+")
+    for form in {address, bare} - {""}:
+        text = re.sub(re.escape(form), "<recipient>", text, flags=re.IGNORECASE)
+    return text
 
 
 @dataclass(frozen=True)
@@ -59,15 +75,23 @@ class EmailTransport:
             email.send()
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
+            # The server's answers, not the mapping: its keys are the patient's address.
+            answers = "; ".join(f"{code} {_text(reply)}" for code, reply in exc.recipients.values())
             # 5xx: the mailbox does not exist or refuses us for good (a hard bounce).
-            raise TransportError(f"recipient refused: {exc.recipients}", permanent=all(c >= 500 for c in codes)) from exc
+            raise TransportError(
+                without_address(f"recipient refused: {answers}", out.address), permanent=all(c >= 500 for c in codes)
+            ) from exc
         except smtplib.SMTPResponseException as exc:
             # A refused sender, login or message is our configuration's fault, not the
             # patient's address: retried, then escalated, never a blocked contact.
-            raise TransportError(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}") from exc
+            raise TransportError(without_address(f"SMTP {exc.smtp_code}: {_text(exc.smtp_error)}", out.address)) from exc
         except (TimeoutError, smtplib.SMTPException, OSError) as exc:
-            raise TransportError(f"SMTP unavailable: {exc}") from exc
+            raise TransportError(without_address(f"SMTP unavailable: {exc}", out.address)) from exc
         return message_id
+
+
+def _text(reply: bytes | str) -> str:
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
 
 
 class SmsBackend:
@@ -127,12 +151,16 @@ class TwilioSmsBackend(SmsBackend):
             created = self.client.messages.create(**options)
         except TwilioRestException as exc:
             permanent = twilio_error_is_permanent(exc.status, exc.code)
-            raise TransportError(f"Twilio {exc.status} code {exc.code}: {exc.msg}", permanent=permanent) from exc
+            raise TransportError(
+                without_address(f"Twilio {exc.status} code {exc.code}: {exc.msg}", out.address), permanent=permanent
+            ) from exc
         except TwilioServiceException as exc:  # the RFC 9457 error shape newer Twilio APIs answer with
             permanent = twilio_error_is_permanent(exc.status, exc.code)
-            raise TransportError(f"Twilio {exc.status} code {exc.code}: {exc.title}", permanent=permanent) from exc
+            raise TransportError(
+                without_address(f"Twilio {exc.status} code {exc.code}: {exc.title}", out.address), permanent=permanent
+            ) from exc
         except (TwilioException, OSError) as exc:
-            raise TransportError(f"Twilio unavailable: {exc}") from exc
+            raise TransportError(without_address(f"Twilio unavailable: {exc}", out.address)) from exc
         return str(created.sid)
 
 

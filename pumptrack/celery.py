@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import task_prerun
+from celery.signals import after_setup_logger, after_setup_task_logger, task_prerun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pumptrack.settings")
 
@@ -27,6 +27,18 @@ def drop_unusable_connections(**kwargs: Any) -> None:
 
 
 task_prerun.connect(drop_unusable_connections)
+
+
+def redact_row_values(logger: Any, **kwargs: Any) -> None:
+    """Celery replaces Django's log handlers with its own: they get the same filter, so a
+    failed task's database error logs no row values (README "What logs contain")."""
+    from pumptrack.logfilters import install
+
+    install(logger)
+
+
+after_setup_logger.connect(redact_row_values)
+after_setup_task_logger.connect(redact_row_values)
 
 
 # Periodic jobs. Each is safe to run twice at once (STYLE.md §8).

@@ -288,8 +288,13 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Database errors quote row values (pumptrack/logfilters.py); the worker's handlers get it in celery.py.
+    "filters": {"no_row_values": {"()": "pumptrack.logfilters.RedactDatabaseValues"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["no_row_values"]}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO").upper()},
+    # No health data in logs (README "What logs contain"), even at LOG_LEVEL=DEBUG: Django's
+    # SQL log (DEBUG=true) prints every query's parameters, names and doses among them.
+    "loggers": {"django.db.backends": {"level": "INFO"}},
 }
 
 # ---------------------------------------------------------------------------- clinical
