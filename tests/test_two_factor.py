@@ -204,6 +204,16 @@ def test_removing_the_device_needs_a_fresh_code(nurse: Any, enrolled: TOTPDevice
     assert fresh.get("/admin/").status_code == 200
 
 
+def test_when_required_the_device_cannot_be_removed(nurse: Any, enrolled: TOTPDevice, clock: Clock, settings: Any) -> None:
+    settings.PUMPTRACK_REQUIRE_2FA = True
+    client = Client()
+    password_login(client, nurse.username)
+    verify(client, code_for(enrolled))
+    clock.step()
+    assert client.post("/account/2fa/remove/", {"code": code_for(enrolled)}).status_code == 302
+    assert TOTPDevice.objects.filter(user=nurse, confirmed=True).exists()
+
+
 def test_without_a_device_and_not_required_the_password_alone_signs_in(nurse: Any) -> None:
     client = Client()
     assert password_login(client, nurse.username, "/work/")["Location"] == "/work/"

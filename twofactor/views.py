@@ -179,6 +179,9 @@ def remove(request: HttpRequest) -> HttpResponse:
     user = request.user
     if not services.has_device(user):
         return redirect("twofactor:overview")
+    if settings.PUMPTRACK_REQUIRE_2FA:
+        messages.error(request, "This site requires two-factor authentication: move it to a new phone instead.")
+        return redirect("twofactor:overview")
     form = CodeForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         if locked := _locked_out(request):
