@@ -115,6 +115,12 @@ def test_a_staff_user_enrols_with_a_code_from_the_app_and_gets_backup_codes(nurs
     assert device.name == "Authenticator app"
 
 
+def test_every_admin_page_links_to_the_users_own_two_factor_settings(nurse: Any) -> None:
+    client = Client()
+    client.force_login(nurse)
+    assert 'href="/account/2fa/"' in client.get("/admin/").content.decode()
+
+
 def test_a_wrong_code_does_not_confirm_the_enrolment(nurse: Any, clock: Clock) -> None:
     client = Client()
     client.force_login(nurse)
