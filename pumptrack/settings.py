@@ -6,12 +6,14 @@ file-system broker); `DATABASE_URL` and `CELERY_BROKER_URL` switch to PostgreSQL
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import dj_database_url
-from csp.constants import NONCE, NONE, SELF, UNSAFE_INLINE
+from csp.constants import NONCE, NONE, SELF, UNSAFE_HASHES
 from django.core.exceptions import ImproperlyConfigured
 
 from pumptrack.env import env_bool, env_decimal, env_decimal_list, env_int, env_list, env_str
@@ -113,15 +115,25 @@ OTP_ADMIN_HIDE_SENSITIVE_DATA = True
 # A strict content security policy on every answer (django-csp): scripts and style sheets
 # only from this site, or inline ones carrying the page's nonce; images also as data: URIs
 # (the enrolment QR code); no plug-ins, no framing, no forms posting elsewhere, no <base>.
+_DRF_STYLE_ATTRIBUTES = (
+    "float: right; margin-right: 10px",  # rest_framework/base.html: the Filters and Extra Actions buttons
+    "float: right",  # rest_framework/filters/ordering.html: the current ordering's tick
+    "border-bottom: 1px solid #e5e5e5",  # rest_framework/horizontal/*fieldset.html: nested forms
+    "border-bottom: 0",
+)
+
+
+def _csp_hashes(sources: tuple[str, ...]) -> list[str]:
+    return [f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in sources]
+
+
 _CSP_DIRECTIVES = {
     "default-src": [SELF],
     "script-src": [SELF, NONCE],
     "style-src": [SELF, NONCE],
-    # Style *attributes* only: Django REST framework's browsable API writes style="..." in its
-    # own templates (floats, widths) where no nonce can go. An attribute styles its own element
-    # and nothing else (no CSS selectors reading the page), loads only what img-src allows and
-    # runs nothing; <style> elements and scripts stay nonce-only.
-    "style-src-attr": [UNSAFE_INLINE],
+    # Style attributes: none of ours; only the few exact ones Django REST framework's browsable
+    # API writes in its own templates, allowed by hash (no 'unsafe-inline' anywhere).
+    "style-src-attr": [UNSAFE_HASHES, *_csp_hashes(_DRF_STYLE_ATTRIBUTES)],
     "img-src": [SELF, "data:"],
     "object-src": [NONE],
     "base-uri": [SELF],

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from typing import Any
 
@@ -21,7 +23,7 @@ EXPECTED = {
     "default-src": "'self'",
     "script-src": "'self' 'nonce-*'",
     "style-src": "'self' 'nonce-*'",
-    "style-src-attr": "'unsafe-inline'",
+    "style-src-attr": "'unsafe-hashes' 'sha256-*' 'sha256-*' 'sha256-*' 'sha256-*'",
     "img-src": "'self' data:",
     "object-src": "'none'",
     "base-uri": "'self'",
@@ -35,7 +37,7 @@ def directives(response: Any) -> dict[str, str]:
     parsed = {}
     for part in header.split(";"):
         name, _, value = part.strip().partition(" ")
-        parsed[name] = re.sub(r"'nonce-[^']+'", "'nonce-*'", value)
+        parsed[name] = re.sub(r"'(nonce|sha256)-[^']+'", r"'\1-*'", value)
     return parsed
 
 
@@ -53,7 +55,7 @@ def assert_strict(response: Any) -> None:
             assert got[name] == value.replace(" 'nonce-*'", ""), (name, got)
         else:
             assert got[name] == value, (name, got)
-    assert "unsafe-inline" not in got["script-src"] and "unsafe-eval" not in got["script-src"]
+    assert "unsafe-inline" not in response["Content-Security-Policy"] and "unsafe-eval" not in got["script-src"]
 
 
 def inline_blocks_carry_the_nonce(response: Any) -> None:
@@ -66,6 +68,10 @@ def inline_blocks_carry_the_nonce(response: Any) -> None:
             continue
         assert value and f'nonce="{value}"' in tag, tag
     assert not re.search(r"\son[a-z]+\s*=\s*\"", html), re.search(r"\son[a-z]+\s*=\s*\"[^\"]*\"", html)
+    # A style attribute applies only if the policy lists its exact hash ('unsafe-hashes').
+    for value in re.findall(r"\sstyle=\"([^\"]*)\"", html):
+        digest = base64.b64encode(hashlib.sha256(value.encode()).digest()).decode()
+        assert f"'sha256-{digest}'" in response["Content-Security-Policy"], value
 
 
 @pytest.fixture
