@@ -133,7 +133,7 @@ def enrol(request: HttpRequest) -> HttpResponse:
             messages.success(request, "Two-factor authentication is on. Keep your backup codes somewhere safe.")
             return redirect(f"{reverse('twofactor:backup_codes')}?next={_next(request)}")
         form.add_error("code", "That code does not match: check the app's clock, scan again, and enter the newest code.")
-    held = not services.is_verified(user)
+    held = settings.PUMPTRACK_REQUIRE_2FA and not services.is_verified(user)  # enrolling at the gate
     secret = services.b32_secret(device)
     context = {
         "title": "Set up two-factor authentication",

@@ -6,6 +6,7 @@ its QR code, backup codes, the code step after the password)."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -71,7 +72,7 @@ def code_for(device: TOTPDevice, ahead: int = 0) -> str:
     return f"{totp(device.bin_key, step=device.step, t0=device.t0, digits=device.digits, drift=ahead):06d}"
 
 
-def test_every_page_kind_runs_under_the_policy(live_server: Any, page: Page, pump_a: Pump) -> None:
+def test_every_page_kind_runs_under_the_policy(live_server: Any, page: Page, pump_a: Pump, output_path: str) -> None:
     User.objects.create_superuser("boss", "boss@example.org", PASSWORD)
     base = live_server.url
     watch = Watch(page)
@@ -113,6 +114,8 @@ def test_every_page_kind_runs_under_the_policy(live_server: Any, page: Page, pum
     # then sign in again with the code step.
     watch.visit(f"{base}/account/2fa/enrol/", "#pt-totp-qr")
     assert page.locator("#pt-totp-qr").evaluate("img => img.naturalWidth") > 0  # the QR image loaded
+    Path(output_path).mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(Path(output_path) / "2fa-enrol.png"), full_page=True)
     device = TOTPDevice.objects.get(user__username="boss")
     page.fill("#id_code", code_for(device))
     page.get_by_role("button", name="Turn on two-factor authentication").click()
@@ -123,6 +126,7 @@ def test_every_page_kind_runs_under_the_policy(live_server: Any, page: Page, pum
     login(page, base, "boss", "/work/")
     expect(page).to_have_url(re.compile(r"/account/2fa/verify/\?next="))
     watch.check("verify page")
+    page.screenshot(path=str(Path(output_path) / "2fa-verify.png"), full_page=True)
     # The enrolment used this window's code (each is accepted once): the app's next one is
     # within django-otp's one-step tolerance.
     page.fill("#id_code", code_for(device, ahead=1))
