@@ -35,6 +35,8 @@ from patients.models import Clinic, Patient
 from pumps import appointments as appointment_services
 from pumps import services as pump_services
 from pumps.models import Appointment, ClinicalEvent, Program, Pump, PumpModel, Refill, ScreeningTrial
+from twofactor import api as twofactor_api
+from twofactor.api import OTP_HELP
 
 WARNINGS_400 = OpenApiResponse(
     description="Field errors (`{field: [messages]}`), or a dose change refused until its warnings are "
@@ -503,10 +505,33 @@ class EscalationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Clinic
         return Response(self.get_serializer(self.get_object()).data)
 
 
+class ApiTokenCreateSerializer(s.ApiTokenSerializer):
+    otp = serializers.CharField(write_only=True, required=False, allow_blank=True, max_length=32, help_text=OTP_HELP)
+
+    class Meta(s.ApiTokenSerializer.Meta):
+        fields = [*s.ApiTokenSerializer.Meta.fields, "otp"]
+
+
+@extend_schema_view(
+    create=extend_schema(
+        request=ApiTokenCreateSerializer,
+        responses={
+            201: s.ApiTokenSerializer,
+            400: OpenApiResponse(description="Field errors, e.g. a missing or wrong `otp` code."),
+            403: OpenApiResponse(
+                description="Not allowed: a token creating tokens, or (`otp`) a password sign-in without the "
+                "two-factor authentication this site requires."
+            ),
+        },
+    )
+)
 class TokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet):  # type: ignore[type-arg]
     """Your own API tokens. Create one with your password (HTTP Basic) or a signed-in
     session; the key is in that answer only. A token cannot create more tokens, so a
-    leaked key cannot outlive its revocation. Staff also manage tokens in the admin."""
+    leaked key cannot outlive its revocation. Staff also manage tokens in the admin.
+
+    With two-factor authentication, the password needs a current code too (`otp`): a
+    token must not be a way around the second factor."""
 
     serializer_class = s.ApiTokenSerializer
     authentication_classes = [HashedTokenAuthentication, BasicAuthentication, SessionAuthentication]
@@ -529,9 +554,12 @@ class TokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Crea
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         if isinstance(request.auth, ApiToken):
             raise PermissionDenied("Create tokens with your password or in the admin, not with another token.")
-        serializer = self.get_serializer(data=request.data)
+        serializer = ApiTokenCreateSerializer(data=request.data, context=self.get_serializer_context())
         serializer.is_valid(raise_exception=True)
         v = serializer.validated_data
+        if isinstance(request.successful_authenticator, BasicAuthentication):
+            # A session got here through the two-factor gate already; a password did not.
+            twofactor_api.check_password_request(request, v.get("otp", ""))
         token, key = issue_token(
             user=request.user,
             name=v["name"],

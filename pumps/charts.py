@@ -315,7 +315,7 @@ def _open(svg_id: str, width: int, height: int, title: str, desc: str) -> list[s
     return [
         f'<svg xmlns="http://www.w3.org/2000/svg" id="{svg_id}" class="pt-chart" role="img" '
         f'aria-labelledby="{svg_id}-title {svg_id}-desc" viewBox="0 0 {width} {height}" width="100%" '
-        f'style="max-width:{width}px;font-family:sans-serif">',
+        'font-family="sans-serif">',  # max-width: pumps/admin.css (no style attribute: the CSP)
         f'<title id="{svg_id}-title">{_esc(title)}</title>',
         f'<desc id="{svg_id}-desc">{_esc(desc)}</desc>',
         f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>',

@@ -23,8 +23,9 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("api/v1/", include("api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema", template_name="api/swagger_ui.html"), name="api-docs"),
     path("fhir/", include("integrations.fhir.urls")),
     path("feeds/", include("integrations.urls")),
     path("work/", include("workspace.urls")),
+    path("account/2fa/", include("twofactor.urls")),
 ]
