@@ -14,6 +14,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
 
+from notifications.services import unsubscribe_token
 from patients.models import Clinic, Role
 from pumps.models import Pump
 
@@ -119,6 +120,15 @@ def test_anonymous_answers_send_the_policy_too(path: str) -> None:
     assert "Content-Security-Policy" in response
     assert directives(response)["default-src"] == "'self'"
     assert directives(response)["frame-ancestors"] == "'none'"
+
+
+@pytest.mark.django_db
+def test_the_patients_unsubscribe_page_styles_itself_within_the_policy() -> None:
+    # A patient's page, reached from an email: its style must not be blocked.
+    token = unsubscribe_token("email", "ann@example.org")
+    response = Client().get(reverse("notifications:unsubscribe", args=[token]))
+    assert_strict(response)
+    inline_blocks_carry_the_nonce(response)
 
 
 def test_fhir_answers_carry_the_policy(clinic_a: Clinic) -> None:
