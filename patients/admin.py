@@ -8,7 +8,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from patients import services as patient_services
-from patients.access import is_clinician
+from patients.access import CLINIC_MESSAGE_POLICY_FIELDS, MESSAGE_POLICY_LABEL, is_clinician, may_write
 from patients.models import ORIGIN_BY_DIAGNOSIS, Caregiver, Clinic, Membership, Patient
 from patients.scoped_admin import ClinicScopedAdmin, ScopedInline
 from pumps import services as pump_services
@@ -77,6 +77,17 @@ class ClinicAdmin(ClinicScopedAdmin):
     def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
         return bool(request.user.is_superuser)
 
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Coordinators manage messages: they may open the page to change the message policy.
+        return may_write(request.user, MESSAGE_POLICY_LABEL, obj)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is None or may_write(request.user, "patients.clinic", obj):
+            return self.readonly_fields
+        # The refill policy decides refill-by dates: a clinician's, not a coordinator's.
+        shown = [name for _, options in self.fieldsets for row in options["fields"] for name in _names(row)]
+        return [name for name in shown if name not in CLINIC_MESSAGE_POLICY_FIELDS]
+
     def save_model(self, request: HttpRequest, obj: Clinic, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
         if change:
@@ -85,6 +96,10 @@ class ClinicAdmin(ClinicScopedAdmin):
                 self.message_user(request, f"Refill-by dates recomputed for {recomputed} active pump(s).")
             if replanned:
                 self.message_user(request, f"Messages re-planned for {replanned} pump(s).")
+
+
+def _names(row: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (row,) if isinstance(row, str) else row
 
 
 class CaregiverInline(ScopedInline):
