@@ -160,6 +160,24 @@ class PatientAdmin(ClinicScopedAdmin):
             fields.extend(self.CLINICAL_FIELDS)
         return fields
 
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if obj is not None:
+            return form  # the clinic is known: get_readonly_fields already decided
+        user = request.user
+
+        class NewPatientForm(form):  # type: ignore[valid-type,misc]
+            def clean(self) -> dict[str, Any]:
+                cleaned: dict[str, Any] = super().clean()
+                clinic = cleaned.get("clinic")
+                # The add page cannot know the clinic in advance: a clinician elsewhere must not
+                # vouch for a screening in a clinic where they are a nurse or coordinator.
+                if cleaned.get("screened_elsewhere") and clinic is not None and not is_clinician(user, clinic):
+                    self.add_error("screened_elsewhere", "Only a clinician of this clinic may record this.")
+                return cleaned
+
+        return NewPatientForm
+
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)
         if change:
