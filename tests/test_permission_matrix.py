@@ -103,6 +103,7 @@ class World:
     sites: dict[str, Site]
     users: dict[tuple[str, str], Any]  # (role, "pure" | "mixed") -> user
     superuser: Any
+    outsiders: dict[str, Any]  # "inactive", "not-staff": members of clinic A who get nothing
     keys: dict[int, str] = field(default_factory=dict)  # user pk -> full token
     read_only_key: str = ""
 
@@ -159,10 +160,16 @@ def build_world() -> World:
         MembershipFactory(user=mixed, clinic=elsewhere, role=Role.CLINICIAN)
         users[(role, "pure")], users[(role, "mixed")] = pure, mixed
     superuser = UserFactory(is_staff=True, is_superuser=True, username="root")
-    world = World(sites=sites, users=users, superuser=superuser)
-    for user in [*users.values(), superuser]:
+    outsiders = {"inactive": UserFactory(is_staff=True, username="left"), "not-staff": UserFactory(username="patient-user")}
+    for user in outsiders.values():
+        MembershipFactory(user=user, clinic=sites["A"].clinic, role=Role.CLINICIAN)
+    world = World(sites=sites, users=users, superuser=superuser, outsiders=outsiders)
+    for user in [*users.values(), superuser, *outsiders.values()]:
         world.keys[user.pk] = token_for(user)
     world.read_only_key = token_for(users[(Role.CLINICIAN, "pure")], read_only=True)
+    # Deactivated after the token was issued: the token must stop working with the account.
+    outsiders["inactive"].is_active = False
+    outsiders["inactive"].save(update_fields=["is_active"])
     return world
 
 
@@ -230,6 +237,16 @@ class Probe:
     run: Callable[[Any, Site], Any]
     effect: Callable[[Site], Any] | None = None
     secret: Callable[[Site], str] | None = None
+    # Lists: whether the answer holds the site's records (default: its patient's MRN).
+    shows: Callable[[Any, Site], bool] | None = None
+
+
+def counted(response: Any, site: Site) -> bool:
+    return bool(response.json()["count"])
+
+
+def bundled(response: Any, site: Site) -> bool:
+    return bool(response.json()["total"])
 
 
 def admin_change(http: Client, url: str, **changes: Any) -> Any:
@@ -319,7 +336,7 @@ PROBES: dict[str, list[Probe]] = {
         Probe("api", "patient", "detail", lambda h, s: h.get(f"/api/v1/patients/{s.patient.pk}/")),
         Probe("api", "patients", "list", lambda h, s: h.get("/api/v1/patients/?page_size=500")),
         Probe("api", "pump", "detail", lambda h, s: h.get(f"/api/v1/pumps/{s.pump.pk}/")),
-        Probe("api", "refills-of-pump", "list", lambda h, s: h.get(f"/api/v1/refills/?pump={s.pump.pk}")),
+        Probe("api", "refills-of-pump", "list", lambda h, s: h.get(f"/api/v1/refills/?pump={s.pump.pk}"), shows=counted),
         Probe("api", "escalation", "detail", lambda h, s: h.get(f"/api/v1/escalations/{s.escalation.pk}/")),
         Probe("api", "feed", "detail", lambda h, s: h.get(f"/api/v1/calendar-feeds/{s.feed.pk}/")),
         Probe("api", "webhook-endpoint", "detail", lambda h, s: h.get(f"/api/v1/webhook-endpoints/{s.endpoint.pk}/")),
@@ -327,7 +344,7 @@ PROBES: dict[str, list[Probe]] = {
     "messages": [
         Probe("admin", "message-page", "detail", lambda h, s: h.get(f"/admin/notifications/message/{s.message.pk}/change/")),
         Probe("api", "message", "detail", lambda h, s: h.get(f"/api/v1/messages/{s.message.pk}/")),
-        Probe("api", "messages-of-pump", "list", lambda h, s: h.get(f"/api/v1/messages/?pump={s.pump.pk}")),
+        Probe("api", "messages-of-pump", "list", lambda h, s: h.get(f"/api/v1/messages/?pump={s.pump.pk}"), shows=counted),
     ],
     "patient": [
         Probe("admin", "add", "write", lambda h, s: h.post("/admin/patients/patient/add/", patient_form(s))),
@@ -749,8 +766,14 @@ PROBES: dict[str, list[Probe]] = {
     "fhir": [
         Probe("fhir", "patient", "detail", lambda h, s: h.get(f"/fhir/Patient/{s.patient.pk}")),
         Probe("fhir", "device", "detail", lambda h, s: h.get(f"/fhir/Device/{s.pump.pk}")),
-        Probe("fhir", "medication-request", "list", lambda h, s: h.get(f"/fhir/MedicationRequest?patient={s.patient.pk}")),
-        Probe("fhir", "patient-by-id", "list", lambda h, s: h.get(f"/fhir/Patient?_id={s.patient.pk}")),
+        Probe(
+            "fhir",
+            "medication-request",
+            "list",
+            lambda h, s: h.get(f"/fhir/MedicationRequest?patient={s.patient.pk}"),
+            shows=bundled,
+        ),
+        Probe("fhir", "patient-by-id", "list", lambda h, s: h.get(f"/fhir/Patient?_id={s.patient.pk}"), shows=bundled),
     ],
     "worklist": [
         Probe("workspace", "worklist", "list", lambda h, s: h.get("/work/")),
@@ -858,6 +881,7 @@ def test_the_matrix(world: World, case: Case) -> None:
     response = probe.run(http, site)
     status = response.status_code
     text = body(response)
+    shows = probe.shows or (lambda r, s: s.patient.mrn in text)
 
     assert status < 500, f"server error {status}"
     if case.clinic == "other":
@@ -891,6 +915,55 @@ def test_the_matrix(world: World, case: Case) -> None:
                 assert status == 404, status
         else:
             assert status == 200, status
+            assert not shows(response, site), "another clinic's records are listed"
     else:
         assert case.allowed, "the README refuses a read"
         assert status == 200, status
+        if probe.kind == "list":
+            assert shows(response, site), "the clinic's own records are missing from the list"
+
+
+# ----------------------------------------------------------------------------- nobody else
+
+OUTSIDER_PROBES = [
+    probe
+    for action in ("read", "refill", "dose", "fhir", "worklist", "token")
+    for probe in PROBES[action]
+    if probe.kind in ("detail", "write")
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("who", ["inactive", "not-staff"])
+@pytest.mark.parametrize("probe", OUTSIDER_PROBES, ids=[f"{p.face}-{p.name}" for p in OUTSIDER_PROBES])
+def test_inactive_and_non_staff_members_get_nothing(world: World, who: str, probe: Probe) -> None:
+    """A clinician's membership is worth nothing on an inactive or non-staff account: the
+    admin and the staff pages send them to the login page, the API and FHIR refuse them."""
+    user, site = world.outsiders[who], world.sites["A"]
+    if probe.face in TOKEN_FACES:
+        http: Any = APIClient()
+        http.credentials(HTTP_AUTHORIZATION=f"Token {world.keys[user.pk]}")
+    else:
+        http = Client()
+        http.force_login(user)
+    before = fingerprint()
+    response = probe.run(http, site)
+    assert site.patient.mrn not in body(response)
+    assert fingerprint() == before
+    if probe.face in TOKEN_FACES:
+        assert response.status_code in {401, 403}, response.status_code
+    else:
+        assert response.status_code == 302 and "/admin/login/" in response["Location"], response.status_code
+
+
+@pytest.mark.django_db
+def test_a_colleagues_api_token_is_not_found(world: World) -> None:
+    nurse, colleague = world.users[(Role.NURSE, "pure")], world.users[(Role.CLINICIAN, "pure")]
+    theirs = ApiToken.objects.filter(user=colleague).first()
+    assert theirs is not None
+    http = Client()
+    http.force_login(nurse)
+    assert http.get(f"/api/v1/tokens/{theirs.pk}/").status_code == 404
+    assert theirs.prefix not in body(http.get("/api/v1/tokens/"))
+    page = http.get(f"/admin/api/apitoken/{theirs.pk}/change/")
+    assert page.status_code == 302 and theirs.prefix not in body(page)
