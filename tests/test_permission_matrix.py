@@ -967,3 +967,17 @@ def test_a_colleagues_api_token_is_not_found(world: World) -> None:
     assert theirs.prefix not in body(http.get("/api/v1/tokens/"))
     page = http.get(f"/admin/api/apitoken/{theirs.pk}/change/")
     assert page.status_code == 302 and theirs.prefix not in body(page)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("button", ["_resolve", "_acknowledge"])
+def test_acting_on_an_escalation_a_colleague_resolved_meanwhile_is_refused_not_a_server_error(world: World, button: str) -> None:
+    escalation = world.sites["A"].escalation
+    notification_services.resolve_escalation(escalation, by=world.superuser, now=NOW, resolution="Booked by phone")
+    http = Client()
+    http.force_login(world.users[(Role.NURSE, "pure")])
+    before = fingerprint()
+    page = http.post(f"/admin/notifications/escalation/{escalation.pk}/change/", {"resolution": "Me too", button: "1"})
+    assert page.status_code == 200
+    assert "already resolved" in body(page)
+    assert fingerprint() == before
