@@ -717,6 +717,20 @@ PROBES: dict[str, list[Probe]] = {
             lambda h, s: h.post("/api/v1/calendar-feeds/", {"clinic": s.clinic.pk, "label": "Desk"}, format="json"),
         ),
         Probe("api", "rotate", "write", lambda h, s: h.post(f"/api/v1/calendar-feeds/{s.feed.pk}/rotate/")),
+        Probe(
+            "admin",
+            "see-address",
+            "reveal",
+            lambda h, s: h.get(f"/admin/integrations/calendarfeed/{s.feed.pk}/change/"),
+            secret=lambda s: feed_services.feed_path(s.feed),
+        ),
+        Probe(
+            "api",
+            "see-address",
+            "reveal",
+            lambda h, s: h.get(f"/api/v1/calendar-feeds/{s.feed.pk}/"),
+            secret=lambda s: feed_services.feed_path(s.feed),
+        ),
     ],
     "webhook": [
         Probe(
