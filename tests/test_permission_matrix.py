@@ -463,6 +463,16 @@ PROBES: dict[str, list[Probe]] = {
             ),
         ),
         Probe(
+            "admin",
+            "add-catheter",
+            "write",
+            lambda h, s: admin_change(
+                h,
+                _pump_url(s),
+                **{"catheters-TOTAL_FORMS": "1", "catheters-0-model": "8709SC", "catheters-0-tip_level": "T10"},
+            ),
+        ),
+        Probe(
             "api",
             "explant",
             "write",
