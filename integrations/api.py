@@ -59,7 +59,7 @@ class CalendarFeedViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixi
     ordering_fields = ["created_at", "id"]
 
     def get_serializer_context(self) -> dict[str, Any]:
-        context = super().get_serializer_context()
+        context: dict[str, Any] = super().get_serializer_context()
         # One query per request: the clinics whose feed addresses this user (not a read-only token) may see.
         user = self.request.user
         writable = clinics_writable(user, self.write_label) if user.is_authenticated else Clinic.objects.none()

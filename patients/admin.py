@@ -98,8 +98,9 @@ class ClinicAdmin(ClinicScopedAdmin):
                 self.message_user(request, f"Messages re-planned for {replanned} pump(s).")
 
 
-def _names(row: str | tuple[str, ...]) -> tuple[str, ...]:
-    return (row,) if isinstance(row, str) else row
+def _names(row: Any) -> tuple[str, ...]:
+    """A fieldset row's field names: one name, or several shown side by side."""
+    return (row,) if isinstance(row, str) else tuple(row)
 
 
 class CaregiverInline(ScopedInline):
