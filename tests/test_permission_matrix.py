@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ from integrations.models import CalendarFeed
 from notifications import services as notification_services
 from notifications.models import BlockMethod, BlockReason, Channel, ContactBlock, Escalation, EscalationReason, Message
 from patients.models import Caregiver, Clinic, Patient, Role
+from pumps import appointments
 from pumps.models import Appointment, Catheter, ClinicalEvent, Program, Pump, Refill, ScreeningTrial
 from webhooks import services as webhook_services
 from webhooks.models import WebhookEndpoint
@@ -96,6 +98,7 @@ class Site:
     block: ContactBlock
     feed: CalendarFeed
     endpoint: WebhookEndpoint
+    visit: Appointment  # booked, on a second pump (the first stays free to book)
 
 
 @dataclass
@@ -131,6 +134,8 @@ def build_site(name: str, mrn: str, email: str, owner: Any) -> Site:
     assert block is not None
     feed = feed_services.issue_feed(clinic=clinic, label=f"Board {name}", by=owner, now=NOW)
     endpoint = webhook_services.create_endpoint(clinic=clinic, url="https://93.184.216.34/hooks", by=owner)
+    second = implanted_pump(patient=screened_patient(clinic=clinic))
+    visit = appointments.book_appointment(second, datetime(2027, 2, 2, 10, tzinfo=UTC), "Room 1", "", owner, NOW)
     return Site(
         clinic=clinic,
         patient=patient,
@@ -141,6 +146,7 @@ def build_site(name: str, mrn: str, email: str, owner: Any) -> Site:
         block=block,
         feed=feed,
         endpoint=endpoint,
+        visit=visit,
     )
 
 
@@ -625,6 +631,24 @@ PROBES: dict[str, list[Probe]] = {
             "write",
             lambda h, s: h.post("/api/v1/appointments/", {"pump": s.pump.pk, "starts_at": ON_TIME}, format="json"),
         ),
+        Probe(
+            "admin",
+            "cancel",
+            "write",
+            lambda h, s: h.post(f"/admin/pumps/appointment/{s.visit.pk}/cancel/", {"cancellation_reason": "Unwell"}),
+        ),
+        Probe(
+            "api",
+            "reschedule",
+            "write",
+            lambda h, s: h.patch(f"/api/v1/appointments/{s.visit.pk}/", {"starts_at": "2027-02-02T14:00:00Z"}, format="json"),
+        ),
+        Probe(
+            "api",
+            "cancel",
+            "write",
+            lambda h, s: h.post(f"/api/v1/appointments/{s.visit.pk}/cancel/", {"cancellation_reason": "Unwell"}, format="json"),
+        ),
     ],
     "outreach": [
         Probe(
@@ -1004,4 +1028,23 @@ def test_acting_on_an_escalation_a_colleague_resolved_meanwhile_is_refused_not_a
     page = http.post(f"/admin/notifications/escalation/{escalation.pk}/change/", {"resolution": "Me too", button: "1"})
     assert page.status_code == 200
     assert "already resolved" in body(page)
+    assert fingerprint() == before
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("who", ["superuser", "clinician"])
+def test_nobody_edits_the_message_outbox(world: World, who: str) -> None:
+    """The outbox is the record of what was sent: read-only for every role, superusers too."""
+    user = world.superuser if who == "superuser" else world.users[(Role.CLINICIAN, "pure")]
+    message = world.sites["A"].message
+    http = Client()
+    http.force_login(user)
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {world.keys[user.pk]}")
+    before = fingerprint()
+    assert http.post(f"/admin/notifications/message/{message.pk}/change/", {"status": "cancelled"}).status_code == 403
+    assert http.post(f"/admin/notifications/message/{message.pk}/delete/", {"post": "yes"}).status_code == 403
+    # No write_label: refused (403) before the missing method (405) is even considered.
+    assert api.patch(f"/api/v1/messages/{message.pk}/", {"status": "cancelled"}, format="json").status_code in {403, 405}
+    assert api.delete(f"/api/v1/messages/{message.pk}/").status_code in {403, 405}
     assert fingerprint() == before
