@@ -333,6 +333,9 @@ PROBES: dict[str, list[Probe]] = {
     "read": [
         Probe("admin", "patient-page", "detail", lambda h, s: h.get(f"/admin/patients/patient/{s.patient.pk}/change/")),
         Probe("admin", "pump-page", "detail", lambda h, s: h.get(_pump_url(s))),
+        # A record's history page (the audit trail) is scoped like the record itself.
+        Probe("admin", "patient-history", "detail", lambda h, s: h.get(f"/admin/patients/patient/{s.patient.pk}/history/")),
+        Probe("admin", "pump-history", "detail", lambda h, s: h.get(_pump_url(s, "history/"))),
         Probe("admin", "pump-list", "list", lambda h, s: h.get("/admin/pumps/pump/")),
         Probe(
             "admin", "escalation-page", "detail", lambda h, s: h.get(f"/admin/notifications/escalation/{s.escalation.pk}/change/")
