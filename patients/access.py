@@ -15,7 +15,8 @@ from django.db.models import QuerySet
 from patients.models import Clinic, Membership, Role
 
 # Which roles may add or change records of each model (clinicians program doses; nurses
-# record refills and events; coordinators manage contacts; viewers read).
+# record refills and events; coordinators manage contacts, appointments and messages;
+# viewers read).
 WRITE_ROLES: dict[str, frozenset[str]] = {
     # The clinic's refill policy (margin, phase intervals), zone and phone decide refill-by
     # dates: a clinician's. Its message policy is also the coordinators' (they manage messages).

@@ -1051,3 +1051,11 @@ def test_nobody_edits_the_message_outbox(world: World, who: str) -> None:
     assert api.patch(f"/api/v1/messages/{message.pk}/", {"status": "cancelled"}, format="json").status_code in {403, 405}
     assert api.delete(f"/api/v1/messages/{message.pk}/").status_code in {403, 405}
     assert fingerprint() == before
+
+
+def test_the_clinic_pages_message_section_is_the_message_policy_coordinators_may_change() -> None:
+    from patients.access import CLINIC_MESSAGE_POLICY_FIELDS
+    from patients.admin import MESSAGE_POLICY_FIELDS
+
+    shown = {name for row in MESSAGE_POLICY_FIELDS for name in ((row,) if isinstance(row, str) else row)}
+    assert shown == CLINIC_MESSAGE_POLICY_FIELDS
