@@ -30,7 +30,7 @@ from api.viewsets import ClinicScopedViewSet
 from notifications import services as notification_services
 from notifications.models import SEVERITY_RANK, Escalation, EscalationStatus, Message
 from patients import services as patient_services
-from patients.access import is_clinician, may_set_phase, may_write
+from patients.access import CLINIC_MESSAGE_POLICY_FIELDS, MESSAGE_POLICY_LABEL, is_clinician, may_set_phase, may_write
 from patients.models import Clinic, Patient
 from pumps import appointments as appointment_services
 from pumps import services as pump_services
@@ -64,11 +64,17 @@ class ClinicViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Upd
 
     queryset = Clinic.objects.all()
     serializer_class = s.ClinicSerializer
-    write_label = "patients.clinic"
+    # Coordinators manage messages: they reach the message policy; the rest is a clinician's.
+    write_label = MESSAGE_POLICY_LABEL
     ordering_fields = ["name", "id"]
 
     def perform_update(self, serializer: s.ClinicSerializer) -> None:
-        serializer.instance = patient_services.update_clinic(serializer.instance, _values(serializer))
+        clinic: Clinic = serializer.instance
+        values = _values(serializer)
+        changed = [f for f in values if f not in CLINIC_MESSAGE_POLICY_FIELDS and values[f] != getattr(clinic, f)]
+        if changed and not may_write(self.request.user, "patients.clinic", clinic):
+            raise PermissionDenied({name: ["Only a clinician may change this."] for name in changed})
+        serializer.instance = patient_services.update_clinic(clinic, values)
 
 
 class PatientViewSet(

@@ -48,13 +48,6 @@ class CalendarFeedAdmin(ClinicScopedAdmin):
     ADD_FIELDS = ["clinic", "patient", "label"]
     SHOWN_FIELDS = ["feed_url", "label", "clinic", "patient", "created_at", "created_by", "revoked_at", "last_fetched_at"]
 
-    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
-        return self.ADD_FIELDS if obj is None else self.SHOWN_FIELDS
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
-        # Only the label changes after creation: another clinic or patient is another feed.
-        return [] if obj is None else [f for f in self.SHOWN_FIELDS if f != "label"]
-
     @admin.display(description="subscriber")
     def subscriber(self, obj: CalendarFeed) -> str:
         return str(obj.patient) if obj.patient_id else "Clinic staff (every active pump)"
@@ -62,6 +55,32 @@ class CalendarFeedAdmin(ClinicScopedAdmin):
     @admin.display(description="state")
     def state(self, obj: CalendarFeed) -> str:
         return f"revoked {timezone.localtime(obj.revoked_at):%Y-%m-%d %H:%M}" if obj.revoked_at else "active"
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return self.ADD_FIELDS if obj is None else [self._url_column(request), *self.SHOWN_FIELDS[1:]]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        # Only the label changes after creation: another clinic or patient is another feed.
+        return [] if obj is None else [f for f in self.get_fields(request, obj) if f != "label"]
+
+    def _url_column(self, request: HttpRequest) -> Any:
+        """The address, for staff who may manage this clinic's feeds: it is a credential that
+        outlives a membership, so a viewer sees that it exists, not its value.
+
+        One callable per request (the admin compares fields and read-only fields by identity).
+        """
+        cached = getattr(request, "_feed_url_column", None)
+        if cached is not None:
+            return cached
+
+        def feed_url(obj: CalendarFeed) -> SafeString | str:
+            if not obj.is_revoked and not self.has_change_permission(request, obj):
+                return "Shown to the staff who manage this clinic's feeds."
+            return self.feed_url(obj)
+
+        feed_url.short_description = "feed URL"  # type: ignore[attr-defined]
+        request._feed_url_column = feed_url  # type: ignore[attr-defined]
+        return feed_url
 
     @admin.display(description="feed URL")
     def feed_url(self, obj: CalendarFeed) -> SafeString | str:

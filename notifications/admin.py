@@ -193,6 +193,9 @@ class EscalationForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
+        if "resolution" not in self.fields:
+            # Resolved meanwhile (by a colleague, or in another tab): the note is read-only now.
+            raise forms.ValidationError("This escalation is already resolved.")
         # Resolving says what was done: the next person reading the record needs it.
         if "_resolve" in self.data and not (cleaned.get("resolution") or "").strip():
             self.add_error("resolution", "Say what was done before resolving.")

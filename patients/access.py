@@ -1,7 +1,9 @@
 """Who may see and change what: clinic scoping and the role matrix.
 
-Staff see only the clinics they belong to (superusers see all). Writes are allowed by role;
-the complete matrix for the API, FHIR and feeds arrives with the hardening issue.
+Staff see only the clinics they belong to (superusers see all). Writes are allowed by role
+in the record's own clinic. The matrix as users read it is README.md "Roles and
+permissions"; tests/test_permission_matrix.py checks every cell of that table against the
+admin, the API, FHIR and the staff pages.
 """
 
 from __future__ import annotations
@@ -13,9 +15,13 @@ from django.db.models import QuerySet
 from patients.models import Clinic, Membership, Role
 
 # Which roles may add or change records of each model (clinicians program doses; nurses
-# record refills and events; coordinators manage contacts; viewers read).
+# record refills and events; coordinators manage contacts, appointments and messages;
+# viewers read).
 WRITE_ROLES: dict[str, frozenset[str]] = {
+    # The clinic's refill policy (margin, phase intervals), zone and phone decide refill-by
+    # dates: a clinician's. Its message policy is also the coordinators' (they manage messages).
     "patients.clinic": frozenset({Role.CLINICIAN}),
+    "patients.clinic.message_policy": frozenset({Role.CLINICIAN, Role.COORDINATOR}),
     "patients.patient": frozenset({Role.CLINICIAN, Role.NURSE, Role.COORDINATOR}),
     "patients.caregiver": frozenset({Role.CLINICIAN, Role.NURSE, Role.COORDINATOR}),
     "pumps.pump": frozenset({Role.CLINICIAN, Role.NURSE}),
@@ -37,6 +43,26 @@ WRITE_ROLES: dict[str, frozenset[str]] = {
 }
 # Recording the stable dose moves a pump to maintenance: a prescribing decision.
 PHASE_ROLES = frozenset({Role.CLINICIAN})
+
+# The clinic fields under "patients.clinic.message_policy": when and how reminders and
+# escalations go out. Every other clinic field needs "patients.clinic".
+MESSAGE_POLICY_LABEL = "patients.clinic.message_policy"
+CLINIC_MESSAGE_POLICY_FIELDS = frozenset(
+    {
+        "reminder_days",
+        "high_risk_extra_reminder_days",
+        "reminder_time",
+        "quiet_hours_start",
+        "quiet_hours_end",
+        "escalation_time",
+        "heat_season_month",
+        "heat_season_day",
+        "alcohol_reminder_months",
+        "battery_planning_months",
+        "post_mri_check_hours",
+        "notification_email",
+    }
+)
 
 
 def clinics_for(user: Any) -> QuerySet[Clinic]:

@@ -8,7 +8,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from patients import services as patient_services
-from patients.access import is_clinician
+from patients.access import CLINIC_MESSAGE_POLICY_FIELDS, MESSAGE_POLICY_LABEL, is_clinician, may_write
 from patients.models import ORIGIN_BY_DIAGNOSIS, Caregiver, Clinic, Membership, Patient
 from patients.scoped_admin import ClinicScopedAdmin, ScopedInline
 from pumps import services as pump_services
@@ -77,6 +77,17 @@ class ClinicAdmin(ClinicScopedAdmin):
     def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
         return bool(request.user.is_superuser)
 
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Coordinators manage messages: they may open the page to change the message policy.
+        return may_write(request.user, MESSAGE_POLICY_LABEL, obj)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is None or may_write(request.user, "patients.clinic", obj):
+            return self.readonly_fields
+        # The refill policy decides refill-by dates: a clinician's, not a coordinator's.
+        shown = [name for _, options in self.fieldsets for row in options["fields"] for name in _names(row)]
+        return [name for name in shown if name not in CLINIC_MESSAGE_POLICY_FIELDS]
+
     def save_model(self, request: HttpRequest, obj: Clinic, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
         if change:
@@ -85,6 +96,11 @@ class ClinicAdmin(ClinicScopedAdmin):
                 self.message_user(request, f"Refill-by dates recomputed for {recomputed} active pump(s).")
             if replanned:
                 self.message_user(request, f"Messages re-planned for {replanned} pump(s).")
+
+
+def _names(row: Any) -> tuple[str, ...]:
+    """A fieldset row's field names: one name, or several shown side by side."""
+    return (row,) if isinstance(row, str) else tuple(row)
 
 
 class CaregiverInline(ScopedInline):
@@ -144,6 +160,24 @@ class PatientAdmin(ClinicScopedAdmin):
         elif not is_clinician(request.user, obj.clinic):
             fields.extend(self.CLINICAL_FIELDS)
         return fields
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if obj is not None:
+            return form  # the clinic is known: get_readonly_fields already decided
+        user = request.user
+
+        class NewPatientForm(form):  # type: ignore[valid-type,misc]
+            def clean(self) -> dict[str, Any]:
+                cleaned: dict[str, Any] = super().clean()
+                clinic = cleaned.get("clinic")
+                # The add page cannot know the clinic in advance: a clinician elsewhere must not
+                # vouch for a screening in a clinic where they are a nurse or coordinator.
+                if cleaned.get("screened_elsewhere") and clinic is not None and not is_clinician(user, clinic):
+                    self.add_error("screened_elsewhere", "Only a clinician of this clinic may record this.")
+                return cleaned
+
+        return NewPatientForm
 
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)

@@ -15,6 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from api.filters import FilterSet
+from api.permissions import read_only_token
 from api.viewsets import ClinicScopedMixin, WritableRelatedField
 from patients.access import clinics_writable
 from patients.models import Clinic
@@ -146,7 +147,13 @@ class WebhookEndpointViewSet(
     def get_serializer_context(self) -> dict[str, Any]:
         context = super().get_serializer_context()
         # One query per request, not per endpoint: the clinics whose secrets this user may see.
-        context["managed_clinics"] = set(clinics_writable(self.request.user, LABEL).values_list("pk", flat=True))
+        # A read-only token never gets one: a secret lets its holder sign (forge) events.
+        managed = (
+            set()
+            if read_only_token(self.request)
+            else set(clinics_writable(self.request.user, LABEL).values_list("pk", flat=True))
+        )
+        context["managed_clinics"] = managed
         return context
 
     def perform_create(self, serializer: WebhookEndpointSerializer) -> None:  # type: ignore[override]
