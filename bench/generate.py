@@ -378,7 +378,12 @@ def generate(options: Options, *, progress: Callable[[int], object] | None = Non
         unusable = make_password(None)
         users = User.objects.bulk_create(
             [
-                User(username=f"{tag.lower()}-{i}-{role}", email=f"{role}{i}@{tag.lower()}.example.org", password=unusable)
+                User(
+                    username=f"{tag.lower()}-{i}-{role}",
+                    email=f"{role}{i}@{tag.lower()}.example.org",
+                    password=unusable,
+                    is_staff=True,  # clinic staff: the admin, the worklist and the API need it
+                )
                 for i in range(options.clinics)
                 for role in ROLES
             ]
