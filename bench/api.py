@@ -34,7 +34,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -130,7 +129,7 @@ def main() -> None:
         "API_THROTTLE_RATE": "100000000/min",
         "PYTHONPATH": str(ROOT),
     }
-    server = subprocess.Popen(
+    server = subprocess.Popen(  # noqa: S603 (our own interpreter and arguments)
         [sys.executable, "-m", "gunicorn", "pumptrack.wsgi:application", "--workers", str(args.workers),
          "--bind", f"127.0.0.1:{port}", "--log-level", "warning", "--timeout", "120"],
         cwd=ROOT, env=env, start_new_session=True,
@@ -156,7 +155,7 @@ def main() -> None:
             ),
             ("refills", f"/api/v1/refills/?{size}", f"/bench/bare/refills/?clinic={clinic}&{size}"),
             (
-                f"refills?pump=<one pump>",
+                "refills?pump=<one pump>",
                 f"/api/v1/refills/?pump={pump}&{size}",
                 f"/bench/bare/refills/?clinic={clinic}&pump={pump}&{size}",
             ),

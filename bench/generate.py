@@ -770,9 +770,7 @@ class _CopyWriter(_Writer):
     def _reserve(self, model: type[Any], count: int) -> list[int]:
         table, pk = model._meta.db_table, model._meta.pk.column
         with self.connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)", [table, pk, count]
-            )
+            cursor.execute("SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)", [table, pk, count])
             return [row[0] for row in cursor.fetchall()]
 
     def insert(self, model: type[Any], objects: list[Any]) -> None:

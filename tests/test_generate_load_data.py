@@ -130,7 +130,9 @@ def test_copy_and_bulk_create_write_the_same_rows() -> None:
             "caregivers": rows(Caregiver, "patient__mrn", keys),
             "events": rows(ClinicalEvent, "pump__serial_number,occurred_at,kind", keys),
             "blocks": rows(ContactBlock, "channel,address", keys),
-            "program authors": list(Program.objects.order_by("pump__serial_number", "effective_at").values_list("author__username")),
+            "program authors": list(
+                Program.objects.order_by("pump__serial_number", "effective_at").values_list("author__username")
+            ),
             "owners": list(Pump.objects.order_by("serial_number").values_list("patient__mrn", "patient__clinic__name")),
         }
 
