@@ -80,6 +80,8 @@ class Options:
     # go into the same database.
     tag: str = "L"
     batch: int = 1000
+    # Write with PostgreSQL's COPY (None: whenever the database is PostgreSQL), else bulk_create.
+    copy: bool | None = None
 
 
 @dataclass
@@ -101,6 +103,9 @@ class Generated:
     flagged: int = 0
     overdue: int = 0
     seconds: float = 0.0
+    # This process's CPU time (user + system): steadier than wall time on a shared machine;
+    # the database server's share is not in it.
+    cpu_seconds: float = 0.0
     peak_rss_mb: float = 0.0
 
     ROW_FIELDS = (
@@ -124,7 +129,8 @@ class Generated:
     def summary(self) -> str:
         counts = ", ".join(f"{getattr(self, f.name):,} {f.name}" for f in fields(self) if f.name in self.ROW_FIELDS)
         return (
-            f"{self.rows:,} rows in {self.seconds:.1f} s ({self.rows / max(self.seconds, 1e-9):,.0f} rows/s), "
+            f"{self.rows:,} rows in {self.seconds:.1f} s ({self.rows / max(self.seconds, 1e-9):,.0f} rows/s; "
+            f"{self.cpu_seconds:.1f} s CPU in this process), "
             f"peak RSS {self.peak_rss_mb:.0f} MB: {counts}; {self.active:,} active pumps ({self.overdue:,} overdue), "
             f"{self.ended:,} explanted or replaced, {self.flagged:,} flagged residual discrepancies"
         )
@@ -340,7 +346,7 @@ def generate(options: Options, *, progress: Callable[[int], object] | None = Non
     """Insert the load data in batches of `options.batch` patients, one transaction each."""
     from django.contrib.auth import get_user_model
     from django.contrib.auth.hashers import make_password
-    from django.db import transaction
+    from django.db import connection, transaction
 
     from patients.models import Clinic, Membership
 
@@ -348,7 +354,7 @@ def generate(options: Options, *, progress: Callable[[int], object] | None = Non
         raise ValueError("--pumps and --clinics must be at least 1")
     if options.now.tzinfo is None:
         raise ValueError("now must be aware")
-    started = clock.perf_counter()
+    started, cpu_started = clock.perf_counter(), clock.process_time()
     rng = random.Random(options.seed)
     out = Generated()
     tag = options.tag
@@ -376,7 +382,12 @@ def generate(options: Options, *, progress: Callable[[int], object] | None = Non
         unusable = make_password(None)
         users = User.objects.bulk_create(
             [
-                User(username=f"{tag.lower()}-{i}-{role}", email=f"{role}{i}@{tag.lower()}.example.org", password=unusable)
+                User(
+                    username=f"{tag.lower()}-{i}-{role}",
+                    email=f"{role}{i}@{tag.lower()}.example.org",
+                    password=unusable,
+                    is_staff=True,  # clinic staff: the admin, the worklist and the API need it
+                )
                 for i in range(options.clinics)
                 for role in ROLES
             ]
@@ -388,17 +399,18 @@ def generate(options: Options, *, progress: Callable[[int], object] | None = Non
     staff = {clinic.pk: users[k * len(ROLES) : (k + 1) * len(ROLES)] for k, clinic in enumerate(clinics)}
 
     context = _Context(options, rng, clinics, staff)
+    use_copy = options.copy if options.copy is not None else connection.vendor == "postgresql"
+    writer = _CopyWriter() if use_copy else _Writer()
     for batch in context.batches():
         with transaction.atomic():
-            context.write(batch, out)
+            context.write(batch, out, writer)
         if progress is not None:
             progress(sum(len(item.pumps) for item in batch))
-
-    from django.db import connection
 
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE")
     out.seconds = clock.perf_counter() - started
+    out.cpu_seconds = clock.process_time() - cpu_started
     out.peak_rss_mb = peak_rss_mb()
     return out
 
@@ -643,34 +655,34 @@ class _Context:
         )
         return pump, h
 
-    def write(self, batch: list[_PatientPlan], out: Generated) -> None:
-        """Insert one batch in dependency order; Postgres returns the new keys."""
+    def write(self, batch: list[_PatientPlan], out: Generated, writer: _Writer) -> None:
+        """Insert one batch in dependency order: patients and pumps get their keys first."""
         from notifications.models import ContactBlock
         from patients.models import Caregiver, Patient
         from pumps import services
         from pumps.models import ClinicalEvent, DrugProduct, Program, Pump, Refill, ScreeningTrial
 
-        Patient.objects.bulk_create([plan.patient for plan in batch])
+        writer.insert(Patient, [plan.patient for plan in batch])
         pumps: list[Any] = []
-        programs: list[Any] = []
-        refills: list[Any] = []
+        programs: list[dict[str, Any]] = []
+        refills: list[dict[str, Any]] = []
         for plan in batch:
             pumps.extend(pump for pump, _ in plan.pumps)
-        Pump.objects.bulk_create(pumps)
+        writer.insert(Pump, pumps)
         for plan in batch:
             clinician, nurse = self.staff[plan.clinic.pk][0], self.staff[plan.clinic.pk][1]
             for pump, h in plan.pumps:
                 for p in h.programs:
                     programs.append(
-                        Program(
-                            pump=pump,
-                            effective_at=p.effective_at,
-                            dose_mcg_per_day=p.dose,
-                            concentration_mcg_per_ml=h.concentration,
-                            previous_dose_mcg_per_day=p.previous,
-                            reason=p.reason,
-                            author=clinician,
-                        )
+                        {
+                            "pump_id": pump.pk,
+                            "effective_at": p.effective_at,
+                            "dose_mcg_per_day": p.dose,
+                            "concentration_mcg_per_ml": h.concentration,
+                            "previous_dose_mcg_per_day": p.previous,
+                            "reason": p.reason,
+                            "author_id": clinician.pk,
+                        }
                     )
                 lot = f"LOT{self.rng.randrange(10**6):06d}"
                 product = self.rng.choice((DrugProduct.LIORESAL, DrugProduct.GABLOFEN, DrugProduct.GENERIC))
@@ -678,24 +690,24 @@ class _Context:
                     d = r.discrepancy
                     out.flagged += bool(d and d.flagged)
                     refills.append(
-                        Refill(
-                            pump=pump,
-                            performed_at=r.performed_at,
-                            withdrawn_ml=r.withdrawn_ml,
-                            volume_added_ml=r.added_ml,
-                            concentration_mcg_per_ml=h.concentration,
-                            drug_product=product,
-                            drug_lot=lot,
-                            method=self.rng.choice(("palpation", "template", "ultrasound")),
-                            performed_by=nurse,
-                            is_initial_fill=r.initial,
-                            expected_residual_ml=r.expected_ml,
+                        {
+                            "pump_id": pump.pk,
+                            "performed_at": r.performed_at,
+                            "withdrawn_ml": r.withdrawn_ml,
+                            "volume_added_ml": r.added_ml,
+                            "concentration_mcg_per_ml": h.concentration,
+                            "drug_product": product,
+                            "drug_lot": lot,
+                            "method": self.rng.choice(("palpation", "template", "ultrasound")),
+                            "performed_by_id": nurse.pk,
+                            "is_initial_fill": r.initial,
+                            "expected_residual_ml": r.expected_ml,
                             **services.discrepancy_fields(d),
-                            volume_after_fill_ml=r.added_ml,
-                            low_reservoir_alarm_ml=pump.low_reservoir_alarm_ml,
-                            alarm_on=r.alarm_on,
-                            refill_by=r.refill_by,
-                        )
+                            "volume_after_fill_ml": r.added_ml,
+                            "low_reservoir_alarm_ml": pump.low_reservoir_alarm_ml,
+                            "alarm_on": r.alarm_on,
+                            "refill_by": r.refill_by,
+                        }
                     )
                 if pump.status == "active":
                     out.active += 1
@@ -703,14 +715,14 @@ class _Context:
                     out.overdue += pump.refill_by is not None and pump.refill_by < today
                 else:
                     out.ended += 1
-        Program.objects.bulk_create(programs)
-        Refill.objects.bulk_create(refills)
+        writer.insert_values(Program, programs)
+        writer.insert_values(Refill, refills)
         extras: dict[type, list[Any]] = {ScreeningTrial: [], Caregiver: [], ClinicalEvent: [], ContactBlock: []}
         for plan in batch:
             for item in plan.extras:
                 extras[type(item)].append(item)
         for model_class, items in extras.items():
-            model_class.objects.bulk_create(items)
+            writer.insert(model_class, items)
         out.patients += len(batch)
         out.pumps += len(pumps)
         out.programs += len(programs)
@@ -719,6 +731,87 @@ class _Context:
         out.caregivers += len(extras[Caregiver])
         out.events += len(extras[ClinicalEvent])
         out.blocks += len(extras[ContactBlock])
+
+
+class _Writer:
+    """Django's `bulk_create`: works on any database (SQLite in development)."""
+
+    def insert(self, model: type[Any], objects: list[Any]) -> None:
+        """Insert model instances; afterwards each has its key (foreign keys to earlier ones resolved)."""
+        model.objects.bulk_create(objects)
+
+    def insert_values(self, model: type[Any], rows: list[dict[str, Any]]) -> None:
+        """Insert rows given as {attname: value}, every row with the same names; keys are not needed afterwards."""
+        model.objects.bulk_create([model(**row) for row in rows])
+
+
+class _CopyWriter(_Writer):
+    """PostgreSQL's COPY FROM STDIN through psycopg's `cursor.copy()`.
+
+    `bulk_create` spends most of the generator's time preparing every field of every
+    instance and quoting the arrays Django sends for UNNEST (RESULTS.md, "Load-data
+    generator"); COPY streams rows with psycopg's dumpers instead. Keys come from each
+    table's own sequence (`nextval`, as an INSERT would take them), so foreign keys are
+    known before the rows go in. Values the rows of `insert_values` leave out are those of
+    one prototype instance, prepared by Django once per table (defaults, JSON, `auto_now_add`).
+    """
+
+    def __init__(self) -> None:
+        from django.db import connection
+
+        self.connection = connection
+
+    def _copy(self, table: str, columns: list[str], rows: Iterator[list[Any]] | list[list[Any]]) -> None:
+        from psycopg import sql
+
+        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            sql.Identifier(table), sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+        )
+        self.connection.ensure_connection()
+        with self.connection.connection.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    def _reserve(self, model: type[Any], count: int) -> list[int]:
+        table, pk = model._meta.db_table, model._meta.pk.column
+        with self.connection.cursor() as cursor:
+            cursor.execute("SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)", [table, pk, count])
+            return [row[0] for row in cursor.fetchall()]
+
+    def insert(self, model: type[Any], objects: list[Any]) -> None:
+        if not objects:
+            return
+        fields = model._meta.concrete_fields
+        for obj, pk in zip(objects, self._reserve(model, len(objects)), strict=True):
+            # Sets `patient_id` from the patient given to the constructor, as bulk_create does.
+            obj._prepare_related_fields_for_save(operation_name="bulk_create")
+            obj.pk = pk
+        connection = self.connection
+        self._copy(
+            model._meta.db_table,
+            [f.column for f in fields],
+            ([f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields] for obj in objects),
+        )
+        for obj in objects:
+            obj._state.adding, obj._state.db = False, connection.alias
+
+    def insert_values(self, model: type[Any], rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        fields = [f for f in model._meta.concrete_fields if not f.primary_key]
+        prototype = model(**rows[0])
+        template = [f.get_db_prep_save(f.pre_save(prototype, True), self.connection) for f in fields]
+        names = [f.attname for f in fields]
+        given = [(names.index(name), name) for name in rows[0]]
+
+        def lines() -> Iterator[list[Any]]:
+            for row in rows:
+                line = template.copy()
+                for index, name in given:
+                    line[index] = row[name]
+                yield line
+
+        self._copy(model._meta.db_table, [f.column for f in fields], lines())
 
 
 def domain_local_today(now: datetime, time_zone: str) -> date:
@@ -743,6 +836,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--missed-days", type=int, default=60)
     parser.add_argument("--tag", default="L", help="prefix of clinic names, MRNs and serials (a second run needs another)")
     parser.add_argument("--batch", type=int, default=1000, help="patients a transaction")
+    parser.add_argument(
+        "--bulk-create",
+        action="store_true",
+        help="write with Django's bulk_create even on PostgreSQL (default there: COPY), to compare",
+    )
     args = parser.parse_args(argv)
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pumptrack.settings")
@@ -771,6 +869,7 @@ def main(argv: list[str] | None = None) -> None:
         missed_days=args.missed_days,
         tag=args.tag,
         batch=args.batch,
+        copy=False if args.bulk_create else None,
     )
     print(
         f"generating {args.pumps:,} pumps in {args.clinics} clinics into {connection.settings_dict['NAME']} (now {now.isoformat()})",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import zoneinfo
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from time import monotonic, sleep
@@ -506,12 +506,8 @@ def plan_all(now: datetime, *, batch_size: int = 500, progress: Any = None) -> R
     sweep (STYLE.md anti-patterns); the sweep raises at the end if anything failed.
     """
     total = ReconcileResult()
-    active = Pump.objects.filter(status=PumpStatus.ACTIVE).values_list("pk", flat=True)
-    ended_with_open = Message.objects.filter(status__in=OPEN_STATES, pump__isnull=False).exclude(pump__status=PumpStatus.ACTIVE)
-    ids = sorted(set(active) | set(ended_with_open.values_list("pump_id", flat=True).distinct()))
     failed: list[int] = []
-    for start in range(0, len(ids), batch_size):
-        batch = ids[start : start + batch_size]
+    for batch in _sweep_batches(batch_size):
         try:
             total += reconcile_pumps(batch, now)
         except Exception:
@@ -527,6 +523,35 @@ def plan_all(now: datetime, *, batch_size: int = 500, progress: Any = None) -> R
     if failed:
         raise PlanningFailed(f"{len(failed)} pumps could not be planned: {failed[:20]}")
     return total
+
+
+def _sweep_batches(batch_size: int) -> Iterator[list[int]]:
+    """The ids `plan_all` re-plans, batch by batch, without holding them all.
+
+    Active pumps come by keyset pages (`id > last`, in id order): one list of every id
+    grew with the register (12 MB at its peak for 100,000 pumps, bench/RESULTS.md issue 6).
+    Then the ended pumps that still hold unsent messages, read last, so a pump explanted
+    during the sweep is still cleared; there are few, as the sweep cancels their messages.
+    """
+    last = 0
+    while True:
+        batch = list(
+            Pump.objects.filter(status=PumpStatus.ACTIVE, pk__gt=last).order_by("pk").values_list("pk", flat=True)[:batch_size]
+        )
+        if not batch:
+            break
+        yield batch
+        last = batch[-1]
+    ended = sorted(
+        set(
+            Message.objects.filter(status__in=OPEN_STATES, pump__isnull=False)
+            .exclude(pump__status=PumpStatus.ACTIVE)
+            .values_list("pump_id", flat=True)
+            .distinct()
+        )
+    )
+    for start in range(0, len(ended), batch_size):
+        yield ended[start : start + batch_size]
 
 
 class PlanningFailed(Exception):

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from django.db import transaction
 from django.db.models import Min
 
 from bench.generate import Options, generate
-from patients.models import Clinic, Membership, Patient
+from notifications.models import ContactBlock
+from patients.models import Caregiver, Clinic, Membership, Patient
 from pumps import services
-from pumps.models import Program, Pump, PumpStatus, Refill, ScreeningOutcome, ScreeningTrial
+from pumps.models import ClinicalEvent, Program, Pump, PumpStatus, Refill, ScreeningOutcome, ScreeningTrial
 
 NOW = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)
 OPTIONS = Options(pumps=30, clinics=3, now=NOW, seed=7, tag="T", batch=8)
@@ -107,3 +110,45 @@ def test_the_same_seed_gives_the_same_data() -> None:
 
     assert prints[0] == prints[1]
     assert prints[0]
+
+
+def test_copy_and_bulk_create_write_the_same_rows() -> None:
+    """PostgreSQL's COPY path (the default there) stores what Django's bulk_create stores."""
+
+    def snapshot() -> dict[str, list[tuple[object, ...]]]:
+        def rows(model: type[Any], order: str, skip: set[str]) -> list[tuple[object, ...]]:
+            names = [f.attname for f in model._meta.concrete_fields if f.attname not in skip]
+            return list(model.objects.order_by(*order.split(",")).values_list(*names))
+
+        keys = {"id", "patient_id", "pump_id", "created_at", "author_id", "performed_by_id", "updated_at"}
+        return {
+            "patients": rows(Patient, "mrn", keys | {"clinic_id"}),
+            "pumps": rows(Pump, "serial_number", keys),
+            "programs": rows(Program, "pump__serial_number,effective_at", keys),
+            "refills": rows(Refill, "pump__serial_number,performed_at", keys),
+            "screenings": rows(ScreeningTrial, "patient__mrn,given_at", keys),
+            "caregivers": rows(Caregiver, "patient__mrn", keys),
+            "events": rows(ClinicalEvent, "pump__serial_number,occurred_at,kind", keys),
+            "blocks": rows(ContactBlock, "channel,address", keys),
+            "program authors": list(
+                Program.objects.order_by("pump__serial_number", "effective_at").values_list("author__username")
+            ),
+            "owners": list(Pump.objects.order_by("serial_number").values_list("patient__mrn", "patient__clinic__name")),
+        }
+
+    class Undo(Exception):
+        pass
+
+    snapshots = []
+    for copy in (True, False):
+        try:
+            with transaction.atomic():
+                generate(replace(OPTIONS, pumps=60, copy=copy))
+                snapshots.append(snapshot())
+                raise Undo
+        except Undo:
+            pass
+
+    assert snapshots[0]["refills"]
+    for name in snapshots[0]:
+        assert snapshots[0][name] == snapshots[1][name], name
