@@ -30,7 +30,7 @@ from simple_history.models import HistoricalRecords
 _reason: ContextVar[str] = ContextVar("pumptrack_change_reason", default="")
 
 
-class AuditedHistory(HistoricalRecords):
+class AuditedHistory(HistoricalRecords):  # type: ignore[misc]  # the library is untyped
     """HistoricalRecords that also takes the reason from `change_reason()`."""
 
     def get_change_reason_for_object(self, instance: Any, history_type: str, using: Any) -> str | None:
