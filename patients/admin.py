@@ -9,6 +9,7 @@ from django.utils.html import format_html, format_html_join
 
 from patients import services as patient_services
 from patients.access import is_clinician
+from patients.audit_admin import AuditedAdminMixin, PatientAuditExportMixin
 from patients.models import ORIGIN_BY_DIAGNOSIS, Caregiver, Clinic, Membership, Patient
 from patients.scoped_admin import ClinicScopedAdmin, ScopedInline
 from pumps import services as pump_services
@@ -48,7 +49,7 @@ MESSAGE_POLICY_FIELDS = [
 
 
 @admin.register(Clinic)
-class ClinicAdmin(ClinicScopedAdmin):
+class ClinicAdmin(AuditedAdminMixin, ClinicScopedAdmin):
     clinic_lookup = ""
     list_display = ["name", "time_zone", "refill_margin_days", "titration_interval_days", "maintenance_interval_days"]
     search_fields = ["name"]
@@ -112,7 +113,7 @@ class RiskFilter(admin.SimpleListFilter):
 
 
 @admin.register(Patient)
-class PatientAdmin(ClinicScopedAdmin):
+class PatientAdmin(PatientAuditExportMixin, AuditedAdminMixin, ClinicScopedAdmin):
     clinic_lookup = "clinic"
     list_display = ["mrn", "family_name", "given_name", "diagnosis", "spasticity_origin", "risk", "clinic"]
     list_display_links = ["mrn", "family_name"]

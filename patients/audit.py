@@ -33,6 +33,7 @@ from pumps.models import Appointment, Catheter, CatheterRevision, ClinicalEvent,
 from workspace.models import OutreachAttempt
 
 SYSTEM = "system"
+UTC_ZONE = ZoneInfo("UTC")
 ACTIONS = {"+": "created", "~": "changed", "-": "deleted"}
 CSV_COLUMNS = ["when_utc", "when_local", "who", "record_type", "record_id", "action", "field", "before", "after", "reason"]
 # What a dose is, for "before" of a new programming row (the previous programming's values).

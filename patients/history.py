@@ -52,6 +52,13 @@ def current_reason() -> str:
     return _reason.get()
 
 
+def attribute(instance: models.Model, by: Any) -> None:
+    """The person a service acts for is the history's user, also outside a request
+    (a management command, a test); without one the request's user (or none) applies."""
+    if getattr(by, "pk", None) is not None:
+        instance._history_user = by  # type: ignore[attr-defined]
+
+
 def record_update(model: type[models.Model], pks: Iterable[Any], *, by: Any = None, reason: str = "") -> int:
     """Write a "changed" history row for each row in `pks` as it now is (after an update()).
 

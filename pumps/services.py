@@ -519,6 +519,7 @@ def change_program(
         )
         # The history row carries the dose change's own reason and what it acknowledged.
         program._change_reason = dose_change_reason(program.reason, codes)  # type: ignore[attr-defined]
+        history.attribute(program, by)
         program.save(force_insert=True)
         recompute_schedule(pump)
         dose_changed.send(sender=Program, program=program)
@@ -670,6 +671,7 @@ def record_refill(
                 author=by,
             )
             reprogram._change_reason = dose_change_reason(reprogram.reason, codes)  # type: ignore[attr-defined]
+            history.attribute(reprogram, by)
             reprogram.save(force_insert=True)
         refill = Refill(
             pump=pump,
@@ -694,6 +696,7 @@ def record_refill(
             reason=reason.strip() if codes else "",
         )
         refill._change_reason = refill_change_reason(refill)  # type: ignore[attr-defined]
+        history.attribute(refill, by)
         refill.save(force_insert=True)
         recompute_schedule(pump)
         refill_recorded.send(sender=Refill, refill=refill)
