@@ -78,6 +78,9 @@ class ClinicAdmin(AuditedAdminMixin, ClinicScopedAdmin):
     def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
         return bool(request.user.is_superuser)
 
+    def audit_related(self, obj: Clinic) -> list[Any]:
+        return [Membership.history.filter(clinic_id=obj.pk)]  # who holds which role: access changes
+
     def save_model(self, request: HttpRequest, obj: Clinic, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
         if change:
@@ -133,6 +136,9 @@ class PatientAdmin(PatientAuditExportMixin, AuditedAdminMixin, ClinicScopedAdmin
     ]
 
     CLINICAL_FIELDS = patient_services.CLINICAL_FIELDS
+
+    def audit_related(self, obj: Patient) -> list[Any]:
+        return [Caregiver.history.filter(patient_id=obj.pk)]  # edited inline on this page
 
     def get_queryset(self, request: HttpRequest) -> Any:
         return super().get_queryset(request).select_related("clinic")

@@ -177,11 +177,16 @@ def entries(rows: Iterable[Any], tz: ZoneInfo, *, names: _Names | None = None, s
     return out
 
 
-def record_entries(obj: models.Model, tz: ZoneInfo) -> list[Entry]:
-    """Every change to one record, newest first (the admin's History page)."""
+def record_entries(obj: models.Model, tz: ZoneInfo, related: Sequence[Any] = ()) -> list[Entry]:
+    """Every change to one record, newest first (the admin's History page), with the
+    changes of `related` history querysets (rows edited inline on its page, e.g. caregivers)."""
     history: Any = getattr(type(obj), "history")  # noqa: B009 (added by django-simple-history)
-    rows = history.filter(**{type(obj)._meta.pk.attname: obj.pk}).order_by()
-    return list(reversed(entries(rows, tz)))
+    names = _Names()
+    found = entries(history.filter(**{type(obj)._meta.pk.attname: obj.pk}).order_by(), tz, names=names)
+    for rows in related:
+        found.extend(entries(rows.order_by(), tz, names=names))
+    found.sort(key=lambda e: (e.at, e.history_id), reverse=True)
+    return found
 
 
 # ----------------------------------------------------------------------------- one patient's export

@@ -43,6 +43,10 @@ class AuditedAdminMixin:
     audit_reason_field = True
     object_history_template = "admin/audit/object_history.html"
 
+    def audit_related(self, obj: Any) -> list[Any]:
+        """History querysets of records edited inline on this page, shown with its own."""
+        return []
+
     def _asks_reason(self, request: HttpRequest, obj: Any) -> bool:
         return bool(self.audit_reason_field and obj is not None and self.has_change_permission(request, obj))  # type: ignore[attr-defined]
 
@@ -102,7 +106,7 @@ class AuditedAdminMixin:
             "opts": model._meta,
             "app_label": model._meta.app_label,
             "module_name": capfirst(str(model._meta.verbose_name_plural)),
-            "entries": audit.record_entries(obj, tz),
+            "entries": audit.record_entries(obj, tz, self.audit_related(obj)),
             "time_zone": str(tz),
             "export_url": reverse("admin:patients_patient_audit", args=[obj.pk]) if isinstance(obj, Patient) else "",
             **(extra_context or {}),

@@ -568,6 +568,9 @@ class PumpAdmin(AuditedAdminMixin, StampedFormAdmin):
             return [(None, {"fields": PumpAddForm.Meta.fields})]
         return super().get_fieldsets(request, obj)  # self.fieldsets, and the audit's reason
 
+    def audit_related(self, obj: Pump) -> list[Any]:
+        return [Catheter.history.filter(pump_id=obj.pk)]  # edited inline on this page
+
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         return [] if obj is None else self.readonly_fields
 

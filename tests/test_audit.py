@@ -329,3 +329,73 @@ def test_the_export_command_writes_csv_and_json(pump_a: Pump) -> None:
     assert {e["record_type"] for e in json.loads(out.getvalue())} == {r["record_type"] for r in rows}
     with pytest.raises(CommandError, match="--from"):
         call_command("export_audit", "--patient", str(pump_a.patient_id), "--from", "yesterday", "--to", "2027-02-01")
+
+
+def _every_kind(pump: Pump) -> dict[type[Any], Any]:
+    """One record of each tracked kind, made through its service by a clinician."""
+    from api import services as api_services
+    from integrations import services as feed_services
+    from pumps.models import EventKind
+    from webhooks import services as webhook_services
+    from workspace.services import log_outreach
+
+    clinic, patient = pump.patient.clinic, pump.patient
+    user = staff((clinic, Role.CLINICIAN))
+    esc, _ = notification_services.raise_escalation(
+        clinic=clinic, pump=pump, reason=EscalationReason.OVERDUE, severity=Severity.WARNING, cycle="k", detail="", now=NOW
+    )
+    block = notification_services.block_contact("email", "gone@example.org", reason="bounced", method="provider", now=NOW)
+    return {
+        "clinic": clinic,
+        "membership": user.memberships.get(),
+        "patient": patient,
+        "caregiver": CaregiverFactory(patient=patient),
+        "pump": pump,
+        "catheter": pump.catheters.create(model="8709SC", tip_level="T10"),
+        "screening trial": patient.screening_trials.get(),
+        "program": pump.programs.get(),
+        "refill": pump.refills.get(),
+        "clinical event": services.record_event(pump=pump, kind=EventKind.INFECTION, occurred_at=NOW, now=NOW, by=user),
+        "appointment": book_appointment(pump, NOW + timedelta(days=1), location="", notes="", by=user, now=NOW),
+        "escalation": esc,
+        "contact block": block,
+        "outreach attempt": log_outreach(pump, at=NOW, channel="phone", outcome="reached", by=user, now=NOW),
+        "API token": api_services.issue_token(user=user, name="EHR", by=user)[0],
+        "calendar feed": feed_services.issue_feed(clinic=clinic, label="Nurses", by=user, now=NOW),
+        "webhook endpoint": webhook_services.create_endpoint(clinic=clinic, url="https://ehr.example.org/hook", by=user),
+    }
+
+
+def test_every_tracked_kind_records_its_creation(pump_a: Pump) -> None:
+    for kind, obj in _every_kind(pump_a).items():
+        history = type(obj).history.filter(id=obj.pk)
+        assert history.filter(history_type="+").exists(), kind
+        assert type(obj)._meta.verbose_name == kind
+
+
+def test_secrets_and_token_digests_stay_out_of_the_history(pump_a: Pump) -> None:
+    from api.models import ApiToken
+    from webhooks.models import WebhookEndpoint
+
+    kinds = _every_kind(pump_a)
+    assert not hasattr(WebhookEndpoint.history.get(id=kinds["webhook endpoint"].pk), "secret")
+    assert not hasattr(ApiToken.history.get(id=kinds["API token"].pk), "key_digest")
+
+
+def test_revoking_a_token_in_the_admin_is_recorded_with_who(pump_a: Pump) -> None:
+    from api.models import ApiToken
+
+    token = _every_kind(pump_a)["API token"]
+    response = client_for(token.user).post("/admin/api/apitoken/", {"action": "revoke", "_selected_action": [token.pk]})
+    assert response.status_code == 302
+    row = ApiToken.history.filter(id=token.pk).latest("history_id")
+    assert (row.revoked_at, row.history_user_id) == (NOW, token.user.pk)
+
+
+def test_the_patient_history_page_shows_caregiver_changes(clinic_a: Any) -> None:
+    patient = screened_patient(clinic=clinic_a)
+    carer = CaregiverFactory(patient=patient, name="Old Name")
+    carer.name = "New Name"
+    carer.save()
+    page = client_for(staff((clinic_a, Role.VIEWER))).get(f"/admin/patients/patient/{patient.pk}/history/")
+    assert "Name:</strong> Old Name &rarr; New Name" in page.content.decode()
