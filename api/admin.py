@@ -14,6 +14,7 @@ from django.utils import timezone
 from api import services
 from api.models import ApiToken
 from patients.access import is_member
+from patients.audit_admin import AuditedAdminMixin
 
 
 class ApiTokenForm(forms.ModelForm):  # type: ignore[type-arg]
@@ -23,7 +24,7 @@ class ApiTokenForm(forms.ModelForm):  # type: ignore[type-arg]
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ApiTokenAdmin(AuditedAdminMixin, admin.ModelAdmin):  # type: ignore[type-arg]
     form = ApiTokenForm
     list_display = ["name", "prefix", "user", "read_only", "created_at", "expires_at", "last_used_at", "revoked_at"]
     list_filter = [("revoked_at", admin.EmptyFieldListFilter)]

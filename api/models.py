@@ -8,6 +8,8 @@ import secrets
 from django.conf import settings
 from django.db import models
 
+from patients.history import AuditedHistory
+
 # Keys are 256 random bits: a fast digest is enough (no password stretching needed), and
 # a lookup by digest never compares secrets in Python.
 KEY_PREFIX = "pt_"
@@ -39,6 +41,8 @@ class ApiToken(models.Model):
     )
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    history = AuditedHistory(excluded_fields=["key_digest", "last_used_at"])
 
     class Meta:
         ordering = ["-created_at"]

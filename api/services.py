@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from api.models import ApiToken, digest, generate_key
+from patients.history import record_update
 
 
 def issue_token(
@@ -26,4 +27,7 @@ def issue_token(
 
 
 def revoke_token(token: ApiToken, *, now: datetime) -> bool:
-    return ApiToken.objects.filter(pk=token.pk, revoked_at=None).update(revoked_at=now) == 1
+    revoked = ApiToken.objects.filter(pk=token.pk, revoked_at=None).update(revoked_at=now) == 1
+    if revoked:  # access taken away: the audit shows who and when
+        record_update(ApiToken, [token.pk])
+    return revoked

@@ -15,6 +15,7 @@ from django.utils.safestring import SafeString
 
 from integrations import services
 from integrations.models import CalendarFeed
+from patients.audit_admin import AuditedAdminMixin
 from patients.scoped_admin import ClinicScopedAdmin, apply_errors
 
 
@@ -36,7 +37,7 @@ class CalendarFeedForm(forms.ModelForm):  # type: ignore[type-arg]
 
 
 @admin.register(CalendarFeed)
-class CalendarFeedAdmin(ClinicScopedAdmin):
+class CalendarFeedAdmin(AuditedAdminMixin, ClinicScopedAdmin):
     clinic_lookup = "clinic"
     form = CalendarFeedForm
     list_display = ["label", "clinic", "subscriber", "state", "created_at", "last_fetched_at"]

@@ -12,6 +12,7 @@ import secrets
 from django.conf import settings
 from django.db import models
 
+from patients.history import AuditedHistory
 from patients.models import Clinic, Patient
 from pumps.models import Pump
 
@@ -47,6 +48,8 @@ class CalendarFeed(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
     # Written at most once a minute: a calendar polling every few seconds costs no writes.
     last_fetched_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    history = AuditedHistory(excluded_fields=["nonce", "last_fetched_at"])
 
     class Meta:
         ordering = ["-created_at"]

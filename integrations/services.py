@@ -22,6 +22,7 @@ from django.urls import reverse
 
 from integrations import feeds
 from integrations.models import CalendarFeed, PublishedEvent
+from patients.history import record_update
 from patients.models import Clinic, Patient
 from pumps import domain
 from pumps.models import Pump, PumpStatus, Refill
@@ -96,6 +97,7 @@ def revoke_feed(feed: CalendarFeed, *, now: datetime) -> bool:
     revoked = CalendarFeed.objects.filter(pk=feed.pk, revoked_at=None).update(revoked_at=now) == 1
     if revoked:
         feed.revoked_at = now
+        record_update(CalendarFeed, [feed.pk])  # access taken away: the audit shows who and when
     return revoked
 
 

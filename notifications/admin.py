@@ -38,6 +38,7 @@ from notifications.models import (
     Status,
 )
 from patients.access import clinics_for, clinics_writable, is_member, may_write
+from patients.audit_admin import AuditedAdminMixin
 from patients.models import Caregiver, Clinic, Patient
 from patients.scoped_admin import ClinicScopedAdmin
 from pumps.models import Pump
@@ -209,7 +210,7 @@ class ResolveForm(forms.Form):
 
 
 @admin.register(Escalation)
-class EscalationAdmin(ClinicScopedAdmin):
+class EscalationAdmin(AuditedAdminMixin, ClinicScopedAdmin):
     """Staff tasks, open ones first, then by severity (critical first), newest first."""
 
     clinic_lookup = "clinic"
@@ -398,7 +399,7 @@ class LiftForm(forms.Form):
 
 
 @admin.register(ContactBlock)
-class ContactBlockAdmin(admin.ModelAdmin):
+class ContactBlockAdmin(AuditedAdminMixin, admin.ModelAdmin):
     """Who opted out or cannot be reached, when and how; lifted by staff after a confirmation."""
 
     list_display = ["created_at", "channel", "address", "reason", "method", "keyword", "lifted_at", "lifted_method"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+from patients.history import AuditedHistory
 from patients.models import Caregiver, Clinic, Patient
 from pumps.models import Pump
 
@@ -164,6 +165,8 @@ class ContactBlock(models.Model):
     lifted_at = models.DateTimeField(null=True, blank=True)
     lifted_method = models.CharField(max_length=20, choices=BlockMethod.choices, blank=True)
 
+    history = AuditedHistory()
+
     class Meta:
         ordering = ["-created_at"]
         constraints = [
@@ -231,6 +234,8 @@ class Escalation(models.Model):
     resolved_at = models.DateTimeField(null=True, blank=True)
     resolved_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     resolution = models.CharField(max_length=300, blank=True)
+
+    history = AuditedHistory()
 
     class Meta:
         constraints = [

@@ -45,6 +45,7 @@ from notifications.models import (
 )
 from notifications.signals import escalations_raised
 from notifications.transports import Outgoing, TransportError, transport_for
+from patients.history import record_create, record_update
 from patients.models import Caregiver, Clinic, Patient, parse_day_list
 from pumps import appointments
 from pumps.domain import EARLY_VISIT_WINDOW
@@ -474,6 +475,7 @@ def _sync_escalations(
         Escalation.objects.filter(pk__in=stale, status=EscalationStatus.OPEN).update(
             status=EscalationStatus.RESOLVED, resolved_at=now, resolution="No longer applies (recorded in pumptrack)."
         )
+        record_update(Escalation, stale, reason="No longer applies (recorded in pumptrack).")
         _cancel_escalation_emails(stale, now)
 
 
@@ -481,6 +483,7 @@ def _reopen_escalation(esc: Escalation, pump: Pump, now: datetime) -> None:
     if Escalation.objects.filter(pk=esc.pk, status=EscalationStatus.RESOLVED, resolved_by=None).update(
         status=EscalationStatus.OPEN, raised_at=now, resolved_at=None, resolution=""
     ):
+        record_update(Escalation, [esc.pk], reason="Applies again.")
         esc.status, esc.raised_at = EscalationStatus.OPEN, now
         if esc.clinic.escalation_address:
             _escalation_email(esc, esc.clinic, pump, pump.patient, stage=f"reopened:{int(now.timestamp())}").save()
@@ -657,6 +660,7 @@ def _raise_planned(new: list[tuple[_Loaded, planning.PlannedEscalation]], now: d
         for esc in Escalation.objects.filter(subject__in={s for s, _, _ in wanted}, raised_at=now)
         if (esc.subject, esc.reason, esc.cycle) in wanted
     ]
+    record_create(Escalation, raised)
     emails = []
     for esc in raised:
         pump = pumps[esc.pump_id] if esc.pump_id else None
@@ -671,16 +675,21 @@ def _raise_planned(new: list[tuple[_Loaded, planning.PlannedEscalation]], now: d
 
 
 def acknowledge_escalation(esc: Escalation, *, by: Any, now: datetime) -> None:
-    Escalation.objects.filter(pk=esc.pk, status=EscalationStatus.OPEN).update(
-        status=EscalationStatus.ACKNOWLEDGED, acknowledged_at=now, acknowledged_by=by
-    )
+    with transaction.atomic():
+        if Escalation.objects.filter(pk=esc.pk, status=EscalationStatus.OPEN).update(
+            status=EscalationStatus.ACKNOWLEDGED, acknowledged_at=now, acknowledged_by=by
+        ):
+            record_update(Escalation, [esc.pk], by=by)
 
 
 def resolve_escalation(esc: Escalation, *, by: Any, now: datetime, resolution: str = "") -> None:
     with transaction.atomic():
-        Escalation.objects.filter(pk=esc.pk).exclude(status=EscalationStatus.RESOLVED).update(
-            status=EscalationStatus.RESOLVED, resolved_at=now, resolved_by=by, resolution=resolution
-        )
+        if (
+            Escalation.objects.filter(pk=esc.pk)
+            .exclude(status=EscalationStatus.RESOLVED)
+            .update(status=EscalationStatus.RESOLVED, resolved_at=now, resolved_by=by, resolution=resolution)
+        ):
+            record_update(Escalation, [esc.pk], by=by, reason=resolution)
         _cancel_escalation_emails([esc.pk], now)
 
 
@@ -1084,12 +1093,9 @@ def block_contact(
 
 def lift_block(channel: str, address: str, *, method: str, now: datetime) -> bool:
     with transaction.atomic():
-        lifted = (
-            ContactBlock.objects.filter(channel=channel, address=address, lifted_at=None).update(
-                lifted_at=now, lifted_method=method
-            )
-            > 0
-        )
+        active = list(ContactBlock.objects.filter(channel=channel, address=address, lifted_at=None).values_list("pk", flat=True))
+        lifted = ContactBlock.objects.filter(pk__in=active, lifted_at=None).update(lifted_at=now, lifted_method=method) > 0
+        record_update(ContactBlock, active, reason=f"Lifted ({BlockMethod(method).label.lower()}).")
         patients, caregivers = _people_at(channel, address)
         pump_ids = _pumps_of({*patients, *(c.patient for c in caregivers)})
     announce_change(pump_ids)

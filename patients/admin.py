@@ -9,6 +9,7 @@ from django.utils.html import format_html, format_html_join
 
 from patients import services as patient_services
 from patients.access import CLINIC_MESSAGE_POLICY_FIELDS, MESSAGE_POLICY_LABEL, is_clinician, may_write
+from patients.audit_admin import AuditedAdminMixin, PatientAuditExportMixin
 from patients.models import ORIGIN_BY_DIAGNOSIS, Caregiver, Clinic, Membership, Patient
 from patients.scoped_admin import ClinicScopedAdmin, ScopedInline
 from pumps import services as pump_services
@@ -48,7 +49,7 @@ MESSAGE_POLICY_FIELDS = [
 
 
 @admin.register(Clinic)
-class ClinicAdmin(ClinicScopedAdmin):
+class ClinicAdmin(AuditedAdminMixin, ClinicScopedAdmin):
     clinic_lookup = ""
     list_display = ["name", "time_zone", "refill_margin_days", "titration_interval_days", "maintenance_interval_days"]
     search_fields = ["name"]
@@ -87,6 +88,9 @@ class ClinicAdmin(ClinicScopedAdmin):
         # The refill policy decides refill-by dates: a clinician's, not a coordinator's.
         shown = [name for _, options in self.fieldsets for row in options["fields"] for name in _names(row)]
         return [name for name in shown if name not in CLINIC_MESSAGE_POLICY_FIELDS]
+
+    def audit_related(self, obj: Clinic) -> list[Any]:
+        return [Membership.history.filter(clinic_id=obj.pk)]  # who holds which role: access changes
 
     def save_model(self, request: HttpRequest, obj: Clinic, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
@@ -128,7 +132,7 @@ class RiskFilter(admin.SimpleListFilter):
 
 
 @admin.register(Patient)
-class PatientAdmin(ClinicScopedAdmin):
+class PatientAdmin(PatientAuditExportMixin, AuditedAdminMixin, ClinicScopedAdmin):
     clinic_lookup = "clinic"
     list_display = ["mrn", "family_name", "given_name", "diagnosis", "spasticity_origin", "risk", "clinic"]
     list_display_links = ["mrn", "family_name"]
@@ -148,6 +152,9 @@ class PatientAdmin(ClinicScopedAdmin):
     ]
 
     CLINICAL_FIELDS = patient_services.CLINICAL_FIELDS
+
+    def audit_related(self, obj: Patient) -> list[Any]:
+        return [Caregiver.history.filter(patient_id=obj.pk)]  # edited inline on this page
 
     def get_queryset(self, request: HttpRequest) -> Any:
         return super().get_queryset(request).select_related("clinic")

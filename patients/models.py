@@ -12,6 +12,7 @@ from django.db import models
 from django.utils import timezone
 from phonenumber_field.modelfields import PhoneNumberField
 
+from patients.history import AuditedHistory
 from pumps.domain import STABILITY_CEILING_DAYS, Origin, age_in_years
 
 
@@ -95,6 +96,8 @@ class Clinic(models.Model):
     # §7.4 #92: every MRI needs a post-MRI interrogation; the 24 h window is the issue's.
     post_mri_check_hours = models.PositiveSmallIntegerField(default=24, validators=[MinValueValidator(1), MaxValueValidator(168)])
 
+    history = AuditedHistory()
+
     class Meta:
         ordering = ["name"]
         constraints = [
@@ -134,6 +137,8 @@ class Membership(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=20, choices=Role.choices)
+
+    history = AuditedHistory()
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["user", "clinic"], name="membership_unique_user_clinic")]
@@ -198,6 +203,8 @@ class Patient(models.Model):
 
     created_at = models.DateTimeField(auto_now_add=True)
 
+    history = AuditedHistory()
+
     class Meta:
         ordering = ["family_name", "given_name"]
         constraints = [models.UniqueConstraint(fields=["clinic", "mrn"], name="patient_unique_mrn_per_clinic")]
@@ -236,6 +243,8 @@ class Caregiver(models.Model):
     receives_safety_messages = models.BooleanField(
         default=True, help_text="Also receives safety-critical messages (withdrawal, overdue refill)."
     )
+
+    history = AuditedHistory()
 
     class Meta:
         ordering = ["name"]

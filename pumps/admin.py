@@ -26,6 +26,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from patients.access import clinics_for, clinics_writable, may_set_phase, may_write
+from patients.audit_admin import AuditedAdminMixin
 from patients.models import Clinic
 from patients.scoped_admin import ClinicScopedAdmin, ScopedInline, apply_errors
 from pumps import charts, documents, domain, services
@@ -313,7 +314,8 @@ def _flag(flagged: bool) -> SafeString:
 
 
 @admin.register(Refill)
-class RefillAdmin(PreviewAdmin):
+class RefillAdmin(AuditedAdminMixin, PreviewAdmin):
+    audit_reason_field = False  # the form asks for the acknowledgement's reason
     form = RefillForm
     clinic_lookup = "pump__patient__clinic"
     preview_template = "admin/pumps/refill/_preview.html"
@@ -371,7 +373,8 @@ class RefillAdmin(PreviewAdmin):
 
 
 @admin.register(Program)
-class ProgramAdmin(PreviewAdmin):
+class ProgramAdmin(AuditedAdminMixin, PreviewAdmin):
+    audit_reason_field = False  # the form asks for the dose change's reason
     form = ProgramForm
     clinic_lookup = "pump__patient__clinic"
     preview_template = "admin/pumps/program/_preview.html"
@@ -507,7 +510,7 @@ class EndPumpForm(forms.Form):
 
 
 @admin.register(Pump)
-class PumpAdmin(StampedFormAdmin):
+class PumpAdmin(AuditedAdminMixin, StampedFormAdmin):
     clinic_lookup = "patient__clinic"
     list_display = ["serial_number", "patient", "model_number", "phase", "status", "refill_by_display", "alarm_on", "last_flag"]
     # Active pumps first, the most urgent at the top; pumps with no date last.
@@ -563,7 +566,10 @@ class PumpAdmin(StampedFormAdmin):
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
         if obj is None:
             return [(None, {"fields": PumpAddForm.Meta.fields})]
-        return self.fieldsets
+        return super().get_fieldsets(request, obj)  # self.fieldsets, and the audit's reason
+
+    def audit_related(self, obj: Pump) -> list[Any]:
+        return [Catheter.history.filter(pump_id=obj.pk)]  # edited inline on this page
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         return [] if obj is None else self.readonly_fields
@@ -805,7 +811,7 @@ class ScreeningForm(StampedForm):
 
 
 @admin.register(ScreeningTrial)
-class ScreeningTrialAdmin(ServiceAddAdmin):
+class ScreeningTrialAdmin(AuditedAdminMixin, ServiceAddAdmin):
     form = ScreeningForm
     clinic_lookup = "patient__clinic"
     list_display = ["given_at", "patient", "dose_mcg", "route", "outcome", "effect_duration_hours"]
@@ -848,7 +854,7 @@ class EventForm(StampedForm):
 
 
 @admin.register(ClinicalEvent)
-class ClinicalEventAdmin(ServiceAddAdmin):
+class ClinicalEventAdmin(AuditedAdminMixin, ServiceAddAdmin):
     form = EventForm
     clinic_lookup = "pump__patient__clinic"
     list_display = ["occurred_at", "kind", "pump", "patient", "field_strength_tesla"]
@@ -877,7 +883,7 @@ class CatheterRevisionInline(ScopedInline):
 
 
 @admin.register(Catheter)
-class CatheterAdmin(ClinicScopedAdmin):
+class CatheterAdmin(AuditedAdminMixin, ClinicScopedAdmin):
     clinic_lookup = "pump__patient__clinic"
     list_display = ["pump", "model", "lot", "tip_level", "implanted_length_cm", "implanted_on"]
     search_fields = ["pump__serial_number", "pump__patient__mrn", "lot"]

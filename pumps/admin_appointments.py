@@ -25,6 +25,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 
 from patients.access import clinics_for, clinics_writable, may_write
+from patients.audit_admin import AuditedAdminMixin
 from patients.models import Clinic
 from patients.scoped_admin import apply_errors
 from pumps import appointments, domain
@@ -101,7 +102,7 @@ class AppointmentForm(StampedForm):
 
 
 @admin.register(Appointment)
-class AppointmentAdmin(StampedFormAdmin):
+class AppointmentAdmin(AuditedAdminMixin, StampedFormAdmin):
     form = AppointmentForm
     clinic_lookup = "pump__patient__clinic"
     change_form_template = "admin/pumps/appointment/change_form.html"

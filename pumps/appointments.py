@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
+from patients.history import record_update
 from pumps import domain
 from pumps.models import Appointment, AppointmentStatus, Pump, Refill
 from pumps.services import announce_change
@@ -182,6 +183,8 @@ def _close(appointment: Appointment, status: str, now: datetime, **fields: Any) 
         == 1
     )
     if closed:
+        # The claim is an update(): write its history row (who: the request's user, if any).
+        record_update(Appointment, [appointment.pk], reason=str(fields.get("cancellation_reason", "")))
         appointment.status, appointment.closed_at, appointment.updated_at = status, now, now
         for name, value in fields.items():
             setattr(appointment, name, value)
@@ -207,6 +210,7 @@ def update_details(appointment: Appointment, *, location: str, notes: str, now: 
         )
         if not changed:
             raise ValidationError("Only a booked visit can be changed.")
+        record_update(Appointment, [appointment.pk])
         appointment.location, appointment.notes, appointment.updated_at = location.strip(), notes.strip(), now
         announce_change([appointment.pump_id])  # the location is in the reminder email
     return appointment
@@ -268,14 +272,19 @@ def close_past_visits(visits: list[tuple[int, bool, int | None]], now: datetime)
     """
     for pk, refilled, refill_id in visits:
         fields: dict[str, Any] = {"refill_id": refill_id} if refilled else {}
-        Appointment.objects.filter(pk=pk, status=AppointmentStatus.BOOKED).update(
+        if Appointment.objects.filter(pk=pk, status=AppointmentStatus.BOOKED).update(
             status=AppointmentStatus.DONE if refilled else AppointmentStatus.MISSED, closed_at=now, updated_at=now, **fields
-        )
+        ):
+            # Once per visit (a status change, not a recompute): the audit shows it, by "system".
+            record_update(Appointment, [pk], reason="The visit's day ended.")
 
 
 def cancel_for_ended_pump(pump_id: int, now: datetime) -> int:
     """Cancel the booked visit of a pump that was explanted or replaced (the re-plan after
     its end calls this): it must not show in the week view, nor be marked missed."""
-    return Appointment.objects.filter(pump_id=pump_id, status=AppointmentStatus.BOOKED).update(
+    booked = list(Appointment.objects.filter(pump_id=pump_id, status=AppointmentStatus.BOOKED).values_list("pk", flat=True))
+    cancelled = Appointment.objects.filter(pk__in=booked, status=AppointmentStatus.BOOKED).update(
         status=AppointmentStatus.CANCELLED, closed_at=now, updated_at=now, cancellation_reason="Pump explanted or replaced"
     )
+    record_update(Appointment, booked, reason="Pump explanted or replaced")
+    return cancelled

@@ -13,6 +13,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from patients.history import AuditedHistory
 from patients.models import Patient
 from pumps import domain
 
@@ -117,6 +118,8 @@ class Pump(models.Model):
 
     created_at = models.DateTimeField(auto_now_add=True)
 
+    history = AuditedHistory(excluded_fields=["alarm_on", "refill_by"])
+
     class Meta:
         ordering = ["refill_by", "pk"]
         constraints = [
@@ -141,6 +144,8 @@ class Catheter(models.Model):
     tip_level = models.CharField(max_length=10, blank=True, help_text="Vertebral level of the tip, e.g. T10 [S70].")
     implanted_length_cm = models.DecimalField(max_digits=5, decimal_places=1, null=True, blank=True)
     implanted_on = models.DateField(null=True, blank=True)
+
+    history = AuditedHistory()
 
     def __str__(self) -> str:
         return f"Catheter {self.model or ''} tip {self.tip_level or '?'}".strip()
@@ -169,6 +174,8 @@ class CatheterRevision(models.Model):
     revised_on = models.DateField()
     reason = models.CharField(max_length=20, choices=RevisionReason.choices)
     notes = models.TextField(blank=True)
+
+    history = AuditedHistory()
 
     class Meta:
         ordering = ["-revised_on"]
@@ -207,6 +214,8 @@ class ScreeningTrial(models.Model):
     notes = models.TextField(blank=True)
     performed_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
 
+    history = AuditedHistory()
+
     class Meta:
         ordering = ["given_at"]
 
@@ -240,6 +249,8 @@ class Program(models.Model):
     reason = models.TextField(blank=True)
     author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
+
+    history = AuditedHistory()
 
     class Meta:
         ordering = ["-effective_at"]
@@ -306,6 +317,8 @@ class Refill(models.Model):
     reason = models.TextField("reason for acknowledging", blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    history = AuditedHistory()
+
     class Meta:
         ordering = ["-performed_at"]
         constraints = [
@@ -353,6 +366,8 @@ class ClinicalEvent(models.Model):
     recorded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 
+    history = AuditedHistory()
+
     class Meta:
         ordering = ["-occurred_at"]
 
@@ -388,6 +403,8 @@ class Appointment(models.Model):
     # When it stopped being booked (done, missed or cancelled), and why a person cancelled it.
     closed_at = models.DateTimeField(null=True, blank=True, editable=False)
     cancellation_reason = models.CharField(max_length=200, blank=True, editable=False)
+
+    history = AuditedHistory()
 
     class Meta:
         ordering = ["starts_at", "pk"]

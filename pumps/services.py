@@ -20,6 +20,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import OuterRef, Subquery
 
+from patients import history
 from patients.models import Clinic, Patient
 from pumps import domain
 from pumps.models import (
@@ -472,6 +473,27 @@ def preview_program(pump: Pump, inp: ProgramInput, now: datetime) -> ProgramPrev
     )
 
 
+def dose_change_reason(reason: str, acknowledged: Iterable[str]) -> str:
+    """The audit trail's reason for a dose change: the clinician's reason, the warnings it
+    acknowledged, and (when neither) the reason given on the admin form, if any."""
+    codes = list(acknowledged)
+    parts = [reason.strip()] if reason.strip() else []
+    if codes:
+        parts.append("Acknowledged: " + ", ".join(codes))
+    return " · ".join(parts) or history.current_reason()
+
+
+def refill_change_reason(refill: Refill) -> str:
+    """A refill's audit reason: the acknowledgement's reason, and the observation notes when
+    the discrepancy was flagged (they explain it)."""
+    parts = [refill.reason] if refill.reason else []
+    if refill.acknowledged_warnings:
+        parts.append("Acknowledged: " + ", ".join(refill.acknowledged_warnings))
+    if refill.discrepancy_flagged and refill.notes.strip():
+        parts.append(f"Discrepancy note: {refill.notes.strip()}")
+    return " · ".join(parts) or history.current_reason()
+
+
 def change_program(
     pump: Pump, inp: ProgramInput, *, by: Any, now: datetime, acknowledged: Iterable[str] = (), reason: str = ""
 ) -> Program:
@@ -480,7 +502,7 @@ def change_program(
         pump = Pump.objects.select_for_update().select_related("patient__clinic", "model").get(pk=pump.pk)
         preview = preview_program(pump, inp, now)
         codes = _acknowledge(preview.warnings, acknowledged, reason)
-        program = Program.objects.create(
+        program = Program(
             pump=pump,
             effective_at=inp.effective_at,
             mode=inp.mode,
@@ -495,6 +517,10 @@ def change_program(
             reason=reason.strip(),
             author=by,
         )
+        # The history row carries the dose change's own reason and what it acknowledged.
+        program._change_reason = dose_change_reason(program.reason, codes)  # type: ignore[attr-defined]
+        history.attribute(program, by)
+        program.save(force_insert=True)
         recompute_schedule(pump)
         dose_changed.send(sender=Program, program=program)
     return program
@@ -629,7 +655,7 @@ def record_refill(
         if preview.concentration_changed:
             # Same dose in mcg/day at the new strength: the pump is re-programmed at the fill.
             current = _programs(pump)[-1]
-            Program.objects.create(
+            reprogram = Program(
                 pump=pump,
                 effective_at=inp.performed_at,
                 mode=current.mode,
@@ -644,7 +670,10 @@ def record_refill(
                 reason=f"Concentration changed at refill. {reason}".strip(),
                 author=by,
             )
-        refill = Refill.objects.create(
+            reprogram._change_reason = dose_change_reason(reprogram.reason, codes)  # type: ignore[attr-defined]
+            history.attribute(reprogram, by)
+            reprogram.save(force_insert=True)
+        refill = Refill(
             pump=pump,
             performed_at=inp.performed_at,
             withdrawn_ml=inp.withdrawn_ml,
@@ -666,6 +695,9 @@ def record_refill(
             acknowledged_warnings=codes,
             reason=reason.strip() if codes else "",
         )
+        refill._change_reason = refill_change_reason(refill)  # type: ignore[attr-defined]
+        history.attribute(refill, by)
+        refill.save(force_insert=True)
         recompute_schedule(pump)
         refill_recorded.send(sender=Refill, refill=refill)
     return refill

@@ -86,6 +86,21 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",
 ]
 
+# ---- Audit history (issue 6, README "Audit history"): django-simple-history keeps who,
+# when, what and why for every change to clinical, contact and access records. The
+# middleware hands the request's user (admin session or API token) to the history rows;
+# Celery and other system work records none and shows as "system". Reverting from the
+# history page is off: clinical records change only through the services' rules.
+INSTALLED_APPS += ["simple_history"]
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.contrib.auth.middleware.AuthenticationMiddleware") + 1,
+    "simple_history.middleware.HistoryRequestMiddleware",
+)
+SIMPLE_HISTORY_REVERT_DISABLED = True
+# Reasons are free text (a dose change's justification may be long): no 100-character cap.
+SIMPLE_HISTORY_HISTORY_CHANGE_REASON_USE_TEXT_FIELD = True
+# ---- end audit history
+
 # Repeated failed logins lock that user name from that address out (django-axes): the admin
 # form and the API's password endpoint both authenticate through these backends.
 AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]

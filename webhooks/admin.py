@@ -20,6 +20,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from patients.access import clinics_writable, is_member, may_write
+from patients.audit_admin import AuditedAdminMixin
 from patients.scoped_admin import ClinicScopedAdmin
 from webhooks import services
 from webhooks.models import (
@@ -49,7 +50,7 @@ class EndpointForm(forms.ModelForm):  # type: ignore[type-arg]
 
 
 @admin.register(WebhookEndpoint)
-class WebhookEndpointAdmin(ClinicScopedAdmin):
+class WebhookEndpointAdmin(AuditedAdminMixin, ClinicScopedAdmin):
     clinic_lookup = "clinic"
     form = EndpointForm
     list_display = ["__str__", "clinic", "url", "event_list", "is_active", "consecutive_failures", "disabled_at"]

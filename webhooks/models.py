@@ -15,6 +15,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 
+from patients.history import AuditedHistory
 from patients.models import Clinic
 
 
@@ -80,6 +81,8 @@ class WebhookEndpoint(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+
+    history = AuditedHistory(excluded_fields=["secret", "previous_secret", "previous_secret_expires_at", "consecutive_failures"])
 
     class Meta:
         ordering = ["clinic", "pk"]

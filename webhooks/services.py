@@ -35,6 +35,7 @@ from django.db import connection, models, transaction
 from django.db.models import F, Q
 
 from notifications.models import Escalation, EscalationReason, Severity
+from patients.history import record_update
 from patients.models import Clinic
 from pumps.models import Program, Pump, Refill
 from webhooks import sending, signing
@@ -328,12 +329,15 @@ def secrets_in_force(endpoint: WebhookEndpoint, now: datetime) -> list[str]:
 def enable_endpoint(endpoint: WebhookEndpoint) -> bool:
     """Re-enable with a clean failure count. Deliveries cancelled meanwhile stay cancelled
     (staff may send them again with "retry now")."""
-    return (
+    enabled = (
         WebhookEndpoint.objects.filter(pk=endpoint.pk, is_active=False).update(
             is_active=True, disabled_at=None, disabled_reason="", consecutive_failures=0
         )
         == 1
     )
+    if enabled:
+        record_update(WebhookEndpoint, [endpoint.pk])
+    return enabled
 
 
 def disable_endpoint(endpoint: WebhookEndpoint, reason: str, *, now: datetime, escalate: bool = False) -> bool:
@@ -348,6 +352,7 @@ def disable_endpoint(endpoint: WebhookEndpoint, reason: str, *, now: datetime, e
             is_active=False, disabled_at=now, disabled_reason=reason[:300]
         ):
             return False
+        record_update(WebhookEndpoint, [endpoint.pk], reason=reason)
         cancelled = WebhookDelivery.objects.filter(endpoint_id=endpoint.pk, status__in=OPEN_STATES).update(
             status=DeliveryStatus.CANCELLED, status_reason=f"Endpoint disabled: {reason}"[:300], updated_at=now
         )

@@ -8,12 +8,13 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
+from patients.audit_admin import AuditedAdminMixin
 from patients.scoped_admin import ClinicScopedAdmin
 from workspace.models import OutreachAttempt
 
 
 @admin.register(OutreachAttempt)
-class OutreachAttemptAdmin(ClinicScopedAdmin):
+class OutreachAttemptAdmin(AuditedAdminMixin, ClinicScopedAdmin):
     clinic_lookup = "patient__clinic"
     list_display = ["at", "patient", "pump", "channel", "outcome", "by", "note"]
     list_filter = ["outcome", "channel", ("patient__clinic", admin.RelatedOnlyFieldListFilter)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+from patients.history import AuditedHistory
 from patients.models import Patient
 from pumps.models import Pump
 
@@ -38,6 +39,8 @@ class OutreachAttempt(models.Model):
     note = models.TextField(blank=True)
     by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
+
+    history = AuditedHistory()
 
     class Meta:
         ordering = ["-at", "-pk"]
