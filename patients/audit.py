@@ -30,6 +30,7 @@ from django.utils.text import capfirst
 from notifications.models import ContactBlock, Escalation
 from patients.models import Caregiver, Patient
 from pumps.models import Appointment, Catheter, CatheterRevision, ClinicalEvent, Program, Pump, Refill, ScreeningTrial
+from pumptrack import spreadsheet
 from workspace.models import OutreachAttempt
 
 SYSTEM = "system"
@@ -288,7 +289,8 @@ def to_csv(found: Iterable[Entry]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS)
     writer.writeheader()
-    writer.writerows(flat_rows(found))
+    # Names, notes and reasons are typed by people: exported as text, never as formulas.
+    writer.writerows({k: spreadsheet.cell(v) for k, v in row.items()} for row in flat_rows(found))
     return out.getvalue()
 
 

@@ -261,6 +261,18 @@ def test_the_export_covers_the_range_inclusively_in_the_clinics_zone() -> None:
     assert list(rows[0]) == audit.CSV_COLUMNS
 
 
+def test_exported_cells_cannot_run_as_spreadsheet_formulas() -> None:
+    with time_machine.travel(datetime(2027, 3, 1, 12, tzinfo=UTC), tick=False):
+        patient = screened_patient(email="a@example.org")
+        patient.given_name = '=HYPERLINK("http://evil.example","Ann")'
+        patient._change_reason = "+1 asked by phone"  # simple-history's reason attribute
+        patient.save()
+    rows = _rows(audit.to_csv(audit.patient_entries(patient, *audit.parse_range("2027-03-01", "2027-03-01"))))
+    given = next(r for r in rows if r["action"] == "changed" and r["after"].startswith("'="))
+    assert given["after"] == "'" + patient.given_name
+    assert given["reason"] == "'+1 asked by phone"
+
+
 def test_the_export_shows_dose_before_and_after_with_acknowledged_warnings(pump_a: Pump) -> None:
     clinician = staff((pump_a.patient.clinic, Role.CLINICIAN))
     program = services.change_program(

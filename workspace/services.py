@@ -35,6 +35,7 @@ from notifications.services import SCAN_LOOKBACK, load_facts
 from patients.access import WRITE_ROLES, clinics_for
 from patients.models import Clinic, Membership, Patient
 from pumps.models import Appointment, AppointmentStatus, ClinicalEvent, EventKind, Pump, PumpStatus, Refill
+from pumptrack import spreadsheet
 from workspace.models import OutreachAttempt, OutreachChannel, OutreachOutcome
 
 # "Due within 14 days with no appointment booked" (issue 5): the first refill reminder
@@ -457,13 +458,6 @@ CSV_HEADER = [
 ]
 
 
-def _cell(value: Any) -> str:
-    """A spreadsheet cell that cannot run as a formula (CSV injection, OWASP): a name typed
-    as "=HYPERLINK(...)" must stay text when a coordinator opens the export in Excel."""
-    text = "" if value is None else str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
 def csv_rows(worklists: Iterable[ClinicWorklist]) -> list[list[str]]:
     """One line per worklist row, in the page's order; times in the clinic's zone."""
     lines = [CSV_HEADER]
@@ -479,7 +473,7 @@ def csv_rows(worklists: Iterable[ClinicWorklist]) -> list[list[str]]:
                 outreach = row.last_outreach
                 lines.append(
                     [
-                        _cell(v)
+                        spreadsheet.cell(v)
                         for v in (
                             group.label,
                             wl.clinic.name,
