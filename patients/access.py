@@ -45,7 +45,9 @@ WRITE_ROLES: dict[str, frozenset[str]] = {
 PHASE_ROLES = frozenset({Role.CLINICIAN})
 
 # The clinic fields under "patients.clinic.message_policy": when and how reminders and
-# escalations go out. Every other clinic field needs "patients.clinic".
+# escalations go out. Every other clinic field needs "patients.clinic". A change to these
+# (or to the clinic's name and phone, which messages quote) re-plans messages
+# (patients.services.MESSAGE_POLICY_FIELDS).
 MESSAGE_POLICY_LABEL = "patients.clinic.message_policy"
 CLINIC_MESSAGE_POLICY_FIELDS = frozenset(
     {

@@ -9,6 +9,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
+from patients.access import CLINIC_MESSAGE_POLICY_FIELDS
 from patients.models import ORIGIN_BY_DIAGNOSIS, Caregiver, Clinic, Diagnosis, Patient
 from pumps import services as pump_services
 from pumps.models import Pump
@@ -124,24 +125,7 @@ def update_patient(patient: Patient, changes: dict[str, Any], *, caregivers: Seq
 # What the stored refill-by dates depend on (DESIGN "Refill arithmetic").
 SCHEDULE_POLICY_FIELDS = frozenset({"refill_margin_days", "titration_interval_days", "maintenance_interval_days", "time_zone"})
 # What a message's moment or text depends on (time_zone re-plans through recompute_clinic).
-MESSAGE_POLICY_FIELDS = frozenset(
-    {
-        "reminder_days",
-        "high_risk_extra_reminder_days",
-        "reminder_time",
-        "quiet_hours_start",
-        "quiet_hours_end",
-        "escalation_time",
-        "heat_season_month",
-        "heat_season_day",
-        "alcohol_reminder_months",
-        "battery_planning_months",
-        "post_mri_check_hours",
-        "notification_email",
-        "name",
-        "phone",
-    }
-)
+MESSAGE_POLICY_FIELDS = CLINIC_MESSAGE_POLICY_FIELDS | {"name", "phone"}
 
 
 def after_clinic_change(clinic: Clinic, changed: Iterable[str]) -> tuple[int, int]:
