@@ -24,4 +24,4 @@ router.register("calendar-feeds", feeds_api.CalendarFeedViewSet)
 router.register("webhook-endpoints", webhooks_api.WebhookEndpointViewSet)
 router.register("webhook-deliveries", webhooks_api.WebhookDeliveryViewSet)
 
-urlpatterns = [*router.urls, re_path(r"^(?P<path>.*)$", views.not_found)]
+urlpatterns = [*router.urls, re_path(r"^(?P<path>[\s\S]*)$", views.not_found)]

@@ -241,3 +241,12 @@ def test_most_severe_escalations_first_means_critical_first(pump_a: Pump) -> Non
     client = api_client(staff((clinic, Role.VIEWER)))
     rows = client.get("/api/v1/escalations/?ordering=-severity").json()["results"]
     assert [r["severity"] for r in rows] == ["critical", "warning", "info"]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/nothing-here/", "/api/v1/screenings/%0A/", "/api/v1/%C3%B6%0A%18/"])
+def test_any_other_path_under_the_api_is_a_json_404(path: str, pump_a: Pump) -> None:
+    # Schemathesis found a newline in a path falling through to Django's HTML 404 page.
+    response = api_client(staff((pump_a.patient.clinic, Role.VIEWER))).get(path)
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"detail": "Not found."}

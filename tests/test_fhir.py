@@ -398,6 +398,7 @@ def test_unsupported_or_missing_search_parameters_are_refused(client_a: APIClien
         "/fhir/Observation/1",
         "/fhir/Observation?patient=1",
         "/fhir/Device/1/_history/1",
+        "/fhir/Device/%0A",  # a newline in the path: still FHIR's answer, not Django's HTML page
     ],
 )
 def test_an_unknown_resource_is_a_404_operation_outcome(client_a: APIClient, url: str) -> None:

@@ -9,5 +9,5 @@ urlpatterns = [
     path("metadata", views.MetadataView.as_view(), name="metadata"),
     path("<str:resource_type>", views.SearchView.as_view(), name="search"),
     path("<str:resource_type>/<str:resource_id>", views.ReadView.as_view(), name="read"),
-    re_path(r"^(?P<rest>.*)$", views.UnknownView.as_view(), name="unknown"),
+    re_path(r"^(?P<rest>[\s\S]*)$", views.UnknownView.as_view(), name="unknown"),
 ]
