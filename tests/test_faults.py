@@ -114,6 +114,7 @@ class Workers:
     def __init__(self, directory: Path, redis_server: RedisServer, sink: HeldSmtpSink, twilio: Any) -> None:
         self.directory, self.redis_server, self.sink, self.twilio = directory, redis_server, sink, twilio
         self.all: list[WorkerProcess] = []
+        self.how: dict[Path, tuple[str, str, dict[str, Any]]] = {}
 
     def spawn(
         self,
@@ -135,7 +136,23 @@ class Workers:
         }
         worker = spawn_worker(self.directory / f"worker-{name}.log", queue=queue, env=settings, concurrency=concurrency)
         self.all.append(worker)
+        self.how[worker.log] = (name, queue, {"claim_seconds": claim_seconds, "env": env, "concurrency": concurrency})
         return worker
+
+    def revive(self) -> None:
+        """Start again each worker that stopped on its own, as the deployment's supervisor does
+        (systemd `Restart=always`, docs/deployment.md). Celery 5.7 with kombu's Redis transport
+        can stop a worker with "Unrecoverable error: AttributeError(...'hostname')" when a task
+        finishes while the lost broker connection is being torn down: an upstream race that a
+        supervised worker survives, and that the outbox must (nothing lost, nothing twice)."""
+        for worker in list(self.all):
+            if worker.log not in self.how:
+                continue
+            if worker.process.poll() is None and "Unrecoverable error" not in worker.log_text():
+                continue
+            kill_worker(worker)  # what is left of it, as the supervisor's stop timeout would
+            name, queue, options = self.how.pop(worker.log)
+            self.spawn(f"{name}-restarted", queue, **options)
 
     def tails(self) -> str:
         return log_tails(self.all)
@@ -178,13 +195,18 @@ def settled(rows: Sequence[Row]) -> bool:
     )
 
 
-def sweep_until_settled(tasks: Tasks, queue: str, rows: Callable[[], list[Row]], workers: Workers, *, timeout: float) -> None:
-    """Queue a dispatch sweep every second (as beat does every minute) until all settled."""
+def sweep_until_settled(
+    tasks: Tasks, queue: str, rows: Callable[[], list[Row]], workers: Workers, *, timeout: float, supervised: bool = False
+) -> None:
+    """Queue a dispatch sweep every second (as beat does every minute) until all settled;
+    `supervised`: a worker that stopped on its own is started again (Workers.revive)."""
     last = [0.0]
 
     def done() -> bool:
         if settled(rows()):
             return True
+        if supervised:
+            workers.revive()
         if time.monotonic() - last[0] >= 1.0:
             tasks.send("dispatch_sweep", queue)
             last[0] = time.monotonic()
@@ -311,7 +333,7 @@ def test_redis_restarted_mid_dispatch_loses_no_message_and_sends_none_twice(
     assert waiting > 0, "every send task was taken before the restart: nothing was lost"
     assert redis_server.queue_length(queue) == 0
     assert not settled(orm_rows(due))
-    sweep_until_settled(tasks, queue, lambda: orm_rows(due), workers, timeout=60 + CLAIM_SECONDS)
+    sweep_until_settled(tasks, queue, lambda: orm_rows(due), workers, timeout=60 + CLAIM_SECONDS, supervised=True)
     for worker in workers.all:
         stop_worker(worker)
 
