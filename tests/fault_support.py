@@ -33,6 +33,8 @@ from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
 
+from reliability_support import free_port, smtp_env
+
 
 def _pg_bin() -> Path:
     """The newest installed PostgreSQL's binaries (Debian keeps them off PATH), or $PG_BIN."""
@@ -44,12 +46,6 @@ def _pg_bin() -> Path:
 
 PG_BIN = _pg_bin()
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def deadline_wait(condition: Callable[[], Any], *, timeout: float, what: str, detail: Callable[[], str] = str) -> Any:
@@ -278,14 +274,7 @@ class HeldSmtpSink:
             self._controller = None
 
     def env(self) -> dict[str, str]:
-        return {
-            "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
-            "EMAIL_HOST": "127.0.0.1",
-            "EMAIL_PORT": str(self.port),
-            "EMAIL_HOST_USER": "",
-            "EMAIL_HOST_PASSWORD": "",
-            "EMAIL_USE_TLS": "false",
-        }
+        return smtp_env(self.port)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         message_id = str(message_from_bytes(envelope.content, policy=policy.default)["Message-ID"])

@@ -39,6 +39,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def smtp_env(port: int) -> dict[str, str]:
+    """A worker's settings for sending by SMTP to a sink on loopback `port`."""
+    return {
+        "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+        "EMAIL_HOST": "127.0.0.1",
+        "EMAIL_PORT": str(port),
+        "EMAIL_HOST_USER": "",
+        "EMAIL_HOST_PASSWORD": "",
+        "EMAIL_USE_TLS": "false",
+    }
+
+
+def stopped_on_its_own(worker: WorkerProcess) -> bool:
+    """The worker exited, or Celery gave up on it ("Unrecoverable error") and it is on its
+    way out: what a supervisor (systemd `Restart=always`) starts again."""
+    return worker.process.poll() is not None or "Unrecoverable error" in worker.log_text()
+
+
 def wait_until(
     condition: Callable[[], Any], *, timeout: float, what: str, workers: Iterable[WorkerProcess] = (), interval: float = 0.05
 ) -> Any:
@@ -183,14 +201,7 @@ class GatedSmtpSink:
             self._controller = None
 
     def worker_env(self) -> dict[str, str]:
-        return {
-            "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
-            "EMAIL_HOST": "127.0.0.1",
-            "EMAIL_PORT": str(self.port),
-            "EMAIL_HOST_USER": "",
-            "EMAIL_HOST_PASSWORD": "",
-            "EMAIL_USE_TLS": "false",
-        }
+        return smtp_env(self.port)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         msg = message_from_bytes(envelope.content, policy=policy.default)

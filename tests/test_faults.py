@@ -43,7 +43,7 @@ from fault_support import (
     seed,
     seed_elsewhere,
 )
-from reliability_support import RedisServer, Tasks, log_tails, message_id, row_of, wait_until
+from reliability_support import RedisServer, Tasks, log_tails, message_id, row_of, stopped_on_its_own, wait_until
 
 from notifications.models import Attempt, AttemptOutcome, Message, Status
 from notifications.tasks import OUTAGE_RETRY_SECONDS
@@ -148,7 +148,7 @@ class Workers:
         for worker in list(self.all):
             if worker.log not in self.how:
                 continue
-            if worker.process.poll() is None and "Unrecoverable error" not in worker.log_text():
+            if not stopped_on_its_own(worker):
                 continue
             kill_worker(worker)  # what is left of it, as the supervisor's stop timeout would
             name, queue, options = self.how.pop(worker.log)

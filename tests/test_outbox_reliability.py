@@ -34,6 +34,7 @@ from reliability_support import (
     log_tails,
     message_id,
     row_of,
+    stopped_on_its_own,
     task_outcomes,
     wait_until,
     worker_env,
@@ -112,7 +113,7 @@ class Workers:
         for worker in list(self.all):
             if worker.log not in self.how:
                 continue
-            if worker.process.poll() is None and "Unrecoverable error" not in worker.log_text():
+            if not stopped_on_its_own(worker):
                 continue
             kill_worker(worker)
             name, claim_seconds = self.how.pop(worker.log)
